@@ -1,0 +1,16 @@
+"""torchcaffe: Caffe's nets, layers and solvers on PyTorch, reading unmodified Caffe files.
+
+``import torchcaffe as caffe`` speaks pycaffe::
+
+    net = caffe.Net("deploy.prototxt", caffe.TEST, weights="model.caffemodel")
+    net.blobs["data"].data[...] = image
+    out = net.forward()
+"""
+from .errors import CaffeError, NetError, ParseError, WeightsError
+from .layers import Layer, layer_type_list, register_layer
+from .net.net import TEST, TRAIN, Net
+
+__version__ = "0.1.0"
+
+__all__ = ["Net", "TRAIN", "TEST", "Layer", "register_layer", "layer_type_list", "CaffeError",
+           "NetError", "ParseError", "WeightsError"]

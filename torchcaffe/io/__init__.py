@@ -1,0 +1,1 @@
+"""Reading and writing Caffe files: prototxt text, binary protos, weights."""

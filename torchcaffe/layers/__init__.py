@@ -1,0 +1,11 @@
+"""Caffe's layers, one module per family, all registered by type string in ``registry``.
+
+The modules are imported here, explicitly, so that importing ``torchcaffe.layers`` registers
+every type; no discovery magic.
+"""
+from . import common, data, loss, neuron, normalization, recurrent, shape, vision  # noqa: F401  (registration)
+from .base import Layer, LayerSetup, Sample
+from .registry import layer_class, layer_type_list, register_layer, registered_layers
+
+__all__ = ["Layer", "LayerSetup", "Sample", "layer_class", "layer_type_list", "register_layer",
+           "registered_layers"]

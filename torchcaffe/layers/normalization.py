@@ -1,0 +1,435 @@
+"""Normalization layers: BatchNorm, MVN, LRN, and the affine pair Scale and Bias.
+
+Caffe's BatchNorm has no affine part: nets follow it with a ``Scale`` layer (``bias_term: true``).
+Its three blobs are running *sums* (not averages) and the factor that turns them into averages.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from ..proto import caffe_pb2
+from .base import TEST, Layer, LayerSetup, Sample, axis_index
+from .registry import register_layer
+
+NormRegion = caffe_pb2.LRNParameter
+
+
+# -- BatchNorm ---------------------------------------------------------------------------------
+@register_layer("BatchNorm")
+class BatchNorm(Layer):
+    """Batch normalization without the affine part, with Caffe's running sums.
+
+    With batch statistics (TRAIN, unless ``use_global_stats``), per channel ``c`` (axis 1; the
+    statistics run over every other axis, ``m = count / C`` values)::
+
+        mu = mean(x),  var = mean((x - mu)^2)            # biased variance
+        y = (x - mu) / sqrt(var + eps)
+        then, without gradient:  factor = maf * factor + 1
+                                 mean_sum = maf * mean_sum + mu
+                                 variance_sum = maf * variance_sum + var * m / (m - 1)   (m > 1)
+
+    With the stored statistics (TEST, or ``use_global_stats: true``)::
+
+        s = 0 if factor == 0 else 1 / factor
+        y = (x - s * mean_sum) / sqrt(s * variance_sum + eps)
+
+    The backward with batch statistics is the full batch-norm gradient through ``mu`` and ``var``
+    (Caffe's ``(dy - mean(dy) - mean(dy * y) * y) / sqrt(var + eps)`` is that exact derivative);
+    with stored statistics only the per-channel affine part.
+
+    Parameters: ``batch_norm_param { use_global_stats (unset: false in TRAIN, true in TEST)
+    moving_average_fraction (0.999) eps (1e-5) }``.
+    Blobs (buffers, never learned): ``mean_sum [C]``, ``variance_sum [C]``, ``scale_factor [1]``.
+    As Caffe's LayerSetUp does, the layer's own parameter copy gets ``param { lr_mult: 0 }`` for
+    every blob the prototxt leaves unspecified; a ``param`` with a non-zero ``lr_mult`` is an error.
+    Shapes: (N, C, *) -> (N, C, *).
+
+    Example::
+
+        layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+        layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+
+    Differs from torch: ``nn.BatchNorm2d`` keeps running *averages* with ``momentum = 1 - maf``
+    weighting the *new* value and no scale factor; it also has an affine part and its own
+    ``training`` flag. Caffe's sums and factor are kept as they are, so ``.caffemodel`` files
+    load and save unchanged, and the mode comes from the phase and ``use_global_stats`` only.
+    """
+
+    exact_bottoms = 1
+    exact_tops = 1
+    samples = (
+        Sample(bottoms=((2, 3, 2, 3),), inplace=True, note="TRAIN: batch statistics, 4-D"),
+        Sample(bottoms=((5, 4),), note="TRAIN, 2-D (N, C)"),
+        Sample(bottoms=((2, 3, 5),), note="TRAIN, 3-D"),
+        Sample(bottoms=((1, 3, 2, 2),), note="batch 1"),
+        Sample(bottoms=((1, 3),), note="m == 1: zero variance, no bias correction"),
+        Sample("batch_norm_param { eps: 0.001 moving_average_fraction: 0.9 }", bottoms=((4, 2, 3),)),
+        Sample(bottoms=((2, 3, 2, 2),), phase=TEST, inplace=True,
+               note="TEST: stored statistics (all zero: factor 0 gives mean 0, variance 0)"),
+        Sample("batch_norm_param { use_global_stats: true }", bottoms=((3, 2, 3),),
+               note="global statistics in TRAIN"),
+        Sample("batch_norm_param { use_global_stats: false }", bottoms=((3, 2, 3),), phase=TEST,
+               note="batch statistics in TEST"),
+        Sample("param { lr_mult: 0 } param { lr_mult: 0 decay_mult: 0 }", bottoms=((3, 2),),
+               note="two specs given, the third added"),
+    )
+
+    def __init__(self, setup: LayerSetup):
+        super().__init__(setup)
+        p = setup.param.batch_norm_param
+        shape = setup.bottom_shapes[0]
+        if len(shape) < 2:
+            # Caffe's LayerSetUp takes 1 channel here but its Reshape then reads shape(1) and aborts.
+            raise self.fail(f"needs a bottom with at least 2 axes (N, C, ...), got shape {tuple(shape)}; "
+                            f"reshape it to (N, 1) first")
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else setup.phase == TEST
+        self.moving_average_fraction = p.moving_average_fraction
+        self.eps = p.eps
+        self.channels = int(shape[1])
+        self.add_blob("mean_sum", (self.channels,), None, learnable=False)
+        self.add_blob("variance_sum", (self.channels,), None, learnable=False)
+        self.add_blob("scale_factor", (1,), None, learnable=False)
+        self._freeze_statistics(setup.param)
+
+    def _freeze_statistics(self, param: caffe_pb2.LayerParameter) -> None:
+        """Caffe's LayerSetUp: every blob's ParamSpec has ``lr_mult: 0`` (added when missing)."""
+        for i in range(len(self.blob_names)):
+            if i == len(param.param):
+                param.param.add(lr_mult=0.0)
+            elif param.param[i].lr_mult != 0:
+                raise self.fail(f"param[{i}].lr_mult is {param.param[i].lr_mult}, but the batch "
+                                f"statistics cannot be learned; set 'lr_mult: 0' or remove the "
+                                f"'param {{}}' blocks")
+
+    def forward(self, x):
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise self.fail(f"was built for {self.channels} channels (axis 1), got a bottom of shape "
+                            f"{tuple(x.shape)}")
+        stats_shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.use_global_stats:
+            factor = self.scale_factor.to(x.dtype)
+            inverse = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+            mean = self.mean_sum.to(x.dtype) * inverse
+            var = self.variance_sum.to(x.dtype) * inverse
+        else:
+            dims = [0, *range(2, x.dim())]
+            mean = x.mean(dim=dims)
+            var = (x - mean.view(stats_shape)).square().mean(dim=dims)
+            self._accumulate(mean.detach(), var.detach(), x.numel() // self.channels)
+        return (x - mean.view(stats_shape)) / torch.sqrt(var + self.eps).view(stats_shape)
+
+    def _accumulate(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
+        """Caffe's moving sums: decay by ``maf``, add this batch (variance made unbiased)."""
+        maf = self.moving_average_fraction
+        correction = m / (m - 1) if m > 1 else 1.0
+        with torch.no_grad():
+            self.scale_factor.mul_(maf).add_(1)
+            self.mean_sum.mul_(maf).add_(mean.to(self.mean_sum.dtype))
+            self.variance_sum.mul_(maf).add_(var.to(self.variance_sum.dtype), alpha=correction)
+
+
+# -- MVN ---------------------------------------------------------------------------------------
+class _MeanVarianceNorm(torch.autograd.Function):
+    """``y = (x - mean) / (std + eps)`` with Caffe's backward.
+
+    Caffe back-propagates ``(dy - mean(dy) - mean(dy * y) * y) / (std + eps)``. Because ``eps`` is
+    added *after* the square root, the exact derivative has ``y * (std + eps) / std`` in the last
+    term; Caffe's formula drops that factor (a relative difference of ``eps / std``: invisible at
+    the default 1e-9, 0.1% of the term at ``eps: 0.001``), and it stays finite for constant inputs
+    (``std = 0``) where the exact derivative does not exist. We reproduce Caffe's formula.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dims: tuple[int, ...], eps: float):
+        centred = x - x.mean(dim=dims, keepdim=True)
+        denominator = centred.square().mean(dim=dims, keepdim=True).sqrt() + eps
+        y = centred / denominator
+        ctx.save_for_backward(y, denominator)
+        ctx.dims = dims
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        y, denominator = ctx.saved_tensors
+        dims = ctx.dims
+        dx = dy - dy.mean(dim=dims, keepdim=True) - (dy * y).mean(dim=dims, keepdim=True) * y
+        return dx / denominator, None, None
+
+
+@register_layer("MVN")
+class MVN(Layer):
+    """Mean-variance normalization per (sample, channel), or per sample across channels.
+
+    ``y = (x - mean(x)) / (std(x) + eps)`` with ``std = sqrt(mean((x - mean(x))^2))`` (biased),
+    the statistics taken over (H, W) for each (n, c), or over (C, H, W) for each n when
+    ``across_channels``. Without ``normalize_variance`` only the mean is subtracted.
+
+    Parameters: ``mvn_param { normalize_variance (true) across_channels (false) eps (1e-9) }``.
+    Shapes: Caffe reads the bottom through its legacy 4-D accessors: at most 4 axes, missing
+    trailing axes count as 1, and the top is always 4-D: (N, C, H, W) -> (N, C, H, W),
+    (N, C) -> (N, C, 1, 1).
+
+    Example: ``layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" mvn_param { eps: 1e-6 } }``
+
+    Differs from torch: ``F.instance_norm`` / ``F.layer_norm`` add eps to the variance inside the
+    square root; Caffe adds it to the standard deviation. The backward is Caffe's formula (see
+    ``_MeanVarianceNorm``), which differs from the exact derivative by a relative ``eps / std``.
+    """
+
+    exact_bottoms = 1
+    exact_tops = 1
+    samples = (
+        Sample(bottoms=((2, 3, 4, 5),), inplace=True),
+        Sample("mvn_param { across_channels: true }", bottoms=((2, 3, 2, 3),), inplace=True),
+        Sample("mvn_param { normalize_variance: false }", bottoms=((2, 3, 3, 2),), inplace=True),
+        Sample("mvn_param { normalize_variance: false across_channels: true }", bottoms=((3, 2, 2, 2),)),
+        Sample(bottoms=((1, 2, 3, 3),), note="batch 1"),
+        Sample(bottoms=((2, 3, 5),), note="3-D: the top is (N, C, H, 1)"),
+        Sample("mvn_param { across_channels: true }", bottoms=((3, 5),), note="2-D: the top is (N, C, 1, 1)"),
+        Sample("mvn_param { eps: 0.001 }", bottoms=((2, 2, 3, 3),), gradcheck=False,
+               note="large eps: Caffe's backward is not the exact derivative"),
+        Sample(bottoms=((2, 2, 2, 2),), values=(("const", 1.5),), gradcheck=False,
+               note="constant input: zero variance, y = 0"),
+    )
+
+    def __init__(self, setup: LayerSetup):
+        super().__init__(setup)
+        p = setup.param.mvn_param
+        self.normalize_variance = p.normalize_variance
+        self.across_channels = p.across_channels
+        self.eps = p.eps
+        self._legacy_shape(setup.bottom_shapes[0])
+
+    def _legacy_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        if len(shape) > 4:
+            raise self.fail(f"reads its bottom as (num, channels, height, width), so it takes at most 4 "
+                            f"axes; got shape {tuple(shape)}. Reshape the bottom first")
+        return tuple(shape) + (1,) * (4 - len(shape))
+
+    def forward(self, x):
+        x = x.reshape(self._legacy_shape(x.shape))
+        dims = (1, 2, 3) if self.across_channels else (2, 3)
+        if self.normalize_variance:
+            return _MeanVarianceNorm.apply(x, dims, self.eps)
+        return x - x.mean(dim=dims, keepdim=True)
+
+
+# -- LRN ---------------------------------------------------------------------------------------
+@register_layer("LRN")
+class LRN(Layer):
+    """Local response normalization across channels or within each channel.
+
+    ACROSS_CHANNELS (n = ``local_size``, the window centred on channel c, zero padded)::
+
+        y = x * (k + alpha / n * sum_{c' in window(c)} x_{c'}^2) ^ -beta
+
+    WITHIN_CHANNEL: ``avg`` is x^2 average-pooled over an n x n window (stride 1, pad (n-1)/2,
+    the divisor always n^2: padding counts), then ``y = x * (1 + alpha * avg) ^ -beta``; ``k`` is
+    not used.
+
+    Parameters: ``lrn_param { local_size (5, odd) alpha (1) beta (0.75)
+    norm_region (ACROSS_CHANNELS) k (1) engine }``.
+    Shapes: (N, C, H, W) -> (N, C, H, W) (Caffe requires exactly 4 axes).
+
+    Example::
+
+        layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1"
+                lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }
+
+    Differs from torch: ``F.local_response_norm`` computes the same ACROSS_CHANNELS formula
+    (``x / (k + alpha * avg)^beta``) but only across channels; we write both regions directly in
+    Caffe's form, which also keeps torch's 3-D/5-D behaviour out of a layer Caffe restricts to 4-D.
+    """
+
+    exact_bottoms = 1
+    exact_tops = 1
+    samples = (
+        Sample(bottoms=((2, 7, 2, 2),), inplace=True, note="defaults: local_size 5"),
+        Sample("lrn_param { local_size: 3 alpha: 0.5 beta: 0.6 k: 2 }", bottoms=((1, 4, 3, 3),)),
+        Sample("lrn_param { local_size: 7 alpha: 0.3 }", bottoms=((2, 3, 2, 3),), note="window wider than C"),
+        Sample("lrn_param { local_size: 1 alpha: 0.4 beta: 1.5 }", bottoms=((2, 3, 1, 2),)),
+        Sample("lrn_param { local_size: 3 alpha: 0.3 norm_region: WITHIN_CHANNEL }", bottoms=((2, 2, 4, 4),),
+               inplace=True),
+        Sample("lrn_param { local_size: 5 alpha: 0.2 beta: 0.5 k: 3 norm_region: WITHIN_CHANNEL }",
+               bottoms=((1, 2, 5, 3),), note="k ignored; window wider than W"),
+        Sample("lrn_param { local_size: 1 alpha: 0.5 norm_region: WITHIN_CHANNEL }", bottoms=((2, 1, 3, 3),)),
+    )
+
+    def __init__(self, setup: LayerSetup):
+        super().__init__(setup)
+        p = setup.param.lrn_param
+        if p.local_size % 2 != 1:
+            raise self.fail(f"lrn_param local_size must be odd (the window is centred), got {p.local_size}")
+        self.size = p.local_size
+        self.pad = (p.local_size - 1) // 2
+        self.alpha, self.beta, self.k = p.alpha, p.beta, p.k
+        self.within_channel = p.norm_region == NormRegion.WITHIN_CHANNEL
+        self._check_axes(setup.bottom_shapes[0])
+
+    def _check_axes(self, shape) -> None:
+        if len(shape) != 4:
+            raise self.fail(f"needs a 4-D bottom (num, channels, height, width), got shape {tuple(shape)}")
+
+    def forward(self, x):
+        self._check_axes(x.shape)
+        squares = x * x
+        if self.within_channel:
+            average = F.avg_pool2d(squares, self.size, stride=1, padding=self.pad, count_include_pad=True)
+            return x * (1 + self.alpha * average).pow(-self.beta)
+        padded = F.pad(squares, (0, 0, 0, 0, self.pad, self.pad))
+        window_sum = padded.unfold(1, self.size, 1).sum(dim=-1)
+        return x * (self.k + (self.alpha / self.size) * window_sum).pow(-self.beta)
+
+
+# -- Scale and Bias ----------------------------------------------------------------------------
+def _learned_shape(layer: Layer, shape: Sequence[int], axis: int, num_axes: int, what: str) -> tuple[int, ...]:
+    """The shape of a learned scale/bias blob: ``shape[axis : axis + num_axes]`` (-1: to the end)."""
+    start = axis_index(layer, axis, len(shape), f"{what}_param axis")
+    if num_axes < -1:
+        raise layer.fail(f"{what}_param num_axes must be >= 0, or -1 for every axis from 'axis' on; "
+                         f"got {num_axes}")
+    if num_axes >= 0 and start + num_axes > len(shape):
+        raise layer.fail(f"{what}_param axis {axis} with num_axes {num_axes} reaches past the "
+                         f"{len(shape)}-D bottom of shape {tuple(shape)}; lower num_axes or axis")
+    end = len(shape) if num_axes == -1 else start + num_axes
+    return tuple(int(d) for d in shape[start:end])
+
+
+def _aligned_shape(layer: Layer, operand: Sequence[int], bottom: Sequence[int], axis: int, what: str) -> tuple[int, ...]:
+    """The shape that lines ``operand`` up with ``bottom``'s axes from ``axis`` (trailing 1s; a
+    0-axis operand is a scalar and ignores ``axis``), after Caffe's Reshape checks."""
+    operand, bottom = tuple(operand), tuple(bottom)
+    if not operand:
+        return ()
+    start = axis_index(layer, axis, len(bottom), f"{what}_param axis")
+    if bottom[start:start + len(operand)] != operand:
+        raise layer.fail(f"the {what} of shape {operand} must match the bottom's axes from {start} on, "
+                         f"but the bottom has shape {bottom}")
+    return operand + (1,) * (len(bottom) - start - len(operand))
+
+
+def _broadcastable(layer: Layer, operand: torch.Tensor, x: torch.Tensor, axis: int, what: str) -> torch.Tensor:
+    """``operand`` reshaped to broadcast against ``x`` from ``axis`` on."""
+    return operand.reshape(_aligned_shape(layer, operand.shape, x.shape, axis, what))
+
+
+class _Affine(Layer):
+    """One or two bottoms (the second replaces the learned blob), one top; in place allowed."""
+
+    min_bottoms = 1
+    max_bottoms = 2
+    exact_tops = 1
+
+
+@register_layer("Scale")
+class Scale(_Affine):
+    """Multiplies by a scale broadcast along the axes it spans, optionally adds a bias.
+
+    ``y = x * s (+ b)``, where ``s`` spans ``x``'s axes ``axis .. axis + s.dim() - 1`` and is
+    broadcast over the others. ``s`` is bottom 1 when given (its shape must equal those axes of
+    bottom 0; it receives a gradient), otherwise a learned blob of shape
+    ``x.shape[axis : axis + num_axes]`` (``num_axes: -1`` = every axis from ``axis``,
+    ``0`` = a scalar). With ``bias_term`` a learned bias of the same span is added, as Caffe's
+    internal Bias layer does (with bottom 1, the bias spans ``bottom[1].dim()`` axes).
+
+    Parameters: ``scale_param { axis (1) num_axes (1) filler (constant 1) bias_term (false)
+    bias_filler (constant 0) }``.
+    Blobs: ``scale`` (learned case only), then ``bias`` (with ``bias_term``): Caffe appends its
+    internal Bias layer's blob to the Scale layer's blobs.
+    Shapes: x (*), [s] -> (*) like x.
+
+    Example: ``layer { name: "sc1" type: "Scale" bottom: "bn1" top: "bn1" scale_param { bias_term: true } }``
+
+    Differs from torch: nothing beyond broadcasting rules — Caffe lines the scale up from ``axis``
+    (leading axes broadcast), where torch broadcasting lines shapes up from the last axis.
+    """
+
+    samples = (
+        Sample("scale_param { filler { type: 'uniform' min: -1 max: 1 } }", bottoms=((2, 3, 4),), inplace=True),
+        Sample("scale_param { bias_term: true filler { type: 'uniform' min: 0.5 max: 2 } "
+               "bias_filler { type: 'uniform' min: -1 max: 1 } }", bottoms=((2, 3, 2, 2),), inplace=True),
+        Sample("scale_param { num_axes: 0 bias_term: true filler { type: 'constant' value: 1.5 } }",
+               bottoms=((2, 3, 2),), note="scalar scale and bias (0-axis blobs)"),
+        Sample("scale_param { axis: 2 num_axes: 2 filler { type: 'gaussian' } }", bottoms=((2, 3, 2, 3),)),
+        Sample("scale_param { axis: 0 num_axes: -1 filler { type: 'gaussian' } }", bottoms=((2, 3),),
+               note="element-wise"),
+        Sample("scale_param { axis: -1 filler { type: 'gaussian' } }", bottoms=((1, 3, 4),), note="negative axis"),
+        Sample(bottoms=((2, 3, 4), (3,)), inplace=True, note="scale from bottom 1"),
+        Sample("scale_param { axis: 0 }", bottoms=((2, 3, 2), (2, 3))),
+        Sample("scale_param { bias_term: true bias_filler { type: 'gaussian' } }", bottoms=((2, 3, 2), (3, 2)),
+               note="bottom-1 scale plus learned bias spanning bottom 1's axes"),
+        Sample(bottoms=((2, 3), ()), note="0-axis scale bottom"),
+    )
+
+    def __init__(self, setup: LayerSetup):
+        super().__init__(setup)
+        p = setup.param.scale_param
+        shape = setup.bottom_shapes[0]
+        self.axis = p.axis
+        two_bottoms = len(setup.bottom_shapes) == 2
+        if two_bottoms:
+            _aligned_shape(self, setup.bottom_shapes[1], shape, self.axis, "scale")
+        else:
+            filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+            self.add_blob("scale", _learned_shape(self, shape, p.axis, p.num_axes, "scale"), filler)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            bias_axes = len(setup.bottom_shapes[1]) if two_bottoms else p.num_axes
+            self.add_blob("bias", _learned_shape(self, shape, p.axis, bias_axes, "scale"), p.bias_filler)
+
+    def forward(self, x, *scale_bottom):
+        scale = scale_bottom[0] if scale_bottom else self.scale
+        y = x * _broadcastable(self, scale, x, self.axis, "scale")
+        if self.bias_term:
+            y = y + _broadcastable(self, self.bias, x, self.axis, "scale")
+        return y
+
+
+@register_layer("Bias")
+class Bias(_Affine):
+    """Adds a bias broadcast along the axes it spans.
+
+    ``y = x + b``, where ``b`` spans ``x``'s axes ``axis .. axis + b.dim() - 1``. ``b`` is bottom 1
+    when given (its shape must equal those axes of bottom 0; it receives a gradient), otherwise a
+    learned blob of shape ``x.shape[axis : axis + num_axes]`` (``-1`` = every axis from ``axis``,
+    ``0`` = a scalar).
+
+    Parameters: ``bias_param { axis (1) num_axes (1) filler (constant 0) }``.
+    Blobs: ``bias`` (learned case only).  Shapes: x (*), [b] -> (*) like x.
+
+    Example: ``layer { name: "b1" type: "Bias" bottom: "x" top: "x" }``
+
+    Differs from torch: Caffe lines the bias up from ``axis`` (leading axes broadcast), where torch
+    broadcasting lines shapes up from the last axis.
+    """
+
+    samples = (
+        Sample("bias_param { filler { type: 'gaussian' } }", bottoms=((2, 3, 4),), inplace=True),
+        Sample(bottoms=((1, 3),), note="default filler (constant 0), batch 1"),
+        Sample("bias_param { num_axes: 0 filler { type: 'constant' value: 0.5 } }", bottoms=((2, 3, 2),),
+               note="scalar"),
+        Sample("bias_param { axis: 2 num_axes: -1 filler { type: 'gaussian' } }", bottoms=((2, 3, 2, 3),)),
+        Sample("bias_param { axis: -2 num_axes: 2 filler { type: 'gaussian' } }", bottoms=((2, 3, 2),)),
+        Sample(bottoms=((2, 3, 2, 2), (3, 2)), inplace=True, note="bias from bottom 1"),
+        Sample("bias_param { axis: 0 }", bottoms=((2, 3), (2,))),
+        Sample(bottoms=((2, 3), ()), note="0-axis bias bottom"),
+    )
+
+    def __init__(self, setup: LayerSetup):
+        super().__init__(setup)
+        p = setup.param.bias_param
+        shape = setup.bottom_shapes[0]
+        self.axis = p.axis
+        if len(setup.bottom_shapes) == 2:
+            _aligned_shape(self, setup.bottom_shapes[1], shape, self.axis, "bias")
+        else:
+            self.add_blob("bias", _learned_shape(self, shape, p.axis, p.num_axes, "bias"), p.filler)
+
+    def forward(self, x, *bias_bottom):
+        bias = bias_bottom[0] if bias_bottom else self.bias
+        return x + _broadcastable(self, bias, x, self.axis, "bias")

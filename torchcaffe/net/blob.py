@@ -1,0 +1,108 @@
+"""pycaffe's ``Blob``: numpy views of a net's tensors, writable in place.
+
+``net.blobs[name]`` views the blob's current value (and its diff); ``net.params[layer][i]``
+views a layer's parameter (its diff is the parameter's ``.grad``). On the CPU the arrays share
+memory with the tensors, so ``net.blobs['data'].data[...] = x`` changes what the next forward
+reads. Shapes follow Caffe: ``num/channels/height/width`` index the legacy 4-D view.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .net import Net
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy array sharing memory with a CPU tensor (a copy for other devices)."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        array = tensor.cpu().numpy()
+        array.flags.writeable = False  # a copy: writing to it could not reach the device
+        return array
+    return tensor.numpy()
+
+
+class _BlobShape:
+    """Caffe's shape accessors, shared by both kinds of blob views."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._tensor().shape)
+
+    @property
+    def count(self) -> int:
+        return self._tensor().numel()
+
+    def _legacy(self, index: int) -> int:
+        shape = self.shape
+        if len(shape) > 4:
+            raise ValueError(f"num/channels/height/width need a blob of at most 4 axes, got {shape}")
+        return shape[index] if index < len(shape) else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} shape={self.shape}>"
+
+
+class Blob(_BlobShape):
+    """A named blob of a net: ``data`` is its current value, ``diff`` the gradient Caffe leaves."""
+
+    __slots__ = ("_net", "_name")
+
+    def __init__(self, net: "Net", name: str):
+        self._net = net
+        self._name = name
+
+    def _tensor(self) -> torch.Tensor:
+        return self._net._blob_data(self._name)
+
+    @property
+    def data(self) -> np.ndarray:
+        return as_numpy(self._tensor())
+
+    @property
+    def diff(self) -> np.ndarray:
+        return as_numpy(self._net._blob_diff(self._name))
+
+    def reshape(self, *shape: int) -> None:
+        """Give the blob a new shape (zeros); the next forward reshapes what depends on it."""
+        self._net._reshape_blob(self._name, tuple(int(d) for d in shape))
+
+
+class ParamBlob(_BlobShape):
+    """One of a layer's blobs (weights, biases, BatchNorm statistics)."""
+
+    __slots__ = ("_layer", "_attr")
+
+    def __init__(self, layer: torch.nn.Module, attr: str):
+        self._layer = layer
+        self._attr = attr
+
+    def _tensor(self) -> torch.Tensor:
+        return getattr(self._layer, self._attr)
+
+    @property
+    def data(self) -> np.ndarray:
+        return as_numpy(self._tensor())
+
+    @property
+    def diff(self) -> np.ndarray:
+        tensor = self._tensor()
+        if isinstance(tensor, torch.nn.Parameter) or tensor._base is not None:
+            owner = tensor if tensor._base is None else tensor._base
+            if owner.grad is None:
+                owner.grad = torch.zeros_like(owner)
+            grad = owner.grad
+            return as_numpy(grad if grad.shape == tensor.shape else grad.view(tensor.shape))
+        return as_numpy(self._layer.buffer_diff(self._attr))
+
+    def reshape(self, *shape: int) -> None:
+        raise NotImplementedError("parameter blobs keep the shape their layer gave them")

@@ -1,0 +1,495 @@
+"""``Net``: a Caffe net as a ``torch.nn.Module``, with pycaffe's API as its primary face.
+
+Construction follows Caffe's ``Net::Init``: the prototxt is read and upgraded, filtered by the
+NetState (phase, level, stages), Split layers are inserted where a blob fans out, every layer is
+built with its bottom shapes known, and the backward bookkeeping (loss weights, propagate_down,
+force_backward, lr_mult) is settled. The computation itself is only the layers' ``forward``;
+backward passes come from autograd.
+
+Two ways to run it, one computation:
+
+* pycaffe: ``net.blobs['data'].data[...] = x; net.forward(); net.backward()`` — every blob keeps
+  its value and diff as Caffe leaves them (see ``docs/caffe-semantics.md``);
+* torch: ``outputs = net(data=x_tensor)`` returns the output blobs as tensors with the autograd
+  graph intact, keeping nothing else alive.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CaffeError, NetError, WeightsError
+from ..io.prototxt import read_net
+from ..io.weights import read_weights, write_caffemodel, write_caffemodel_h5
+from ..proto import caffe_pb2
+from .blob import Blob, ParamBlob, as_numpy
+from .graph import ANONYMOUS_TOP, build_graph
+from .inplace import CaffeInPlace, needs_inplace_quirk
+from .shapes import infer_top_shapes
+from .splits import insert_splits
+from .state import filter_net, make_state
+
+log = logging.getLogger("torchcaffe")
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+PathLike = (str, os.PathLike)
+
+
+class Net(nn.Module):
+    """A Caffe net. ``Net(prototxt, phase, level=0, stages=None, weights=None)``, or pycaffe's
+    legacy ``Net(prototxt, weights, phase)``.
+
+    ``prototxt`` is a path to a text (or binary) NetParameter, or a ``caffe_pb2.NetParameter``.
+    ``phase`` is ``torchcaffe.TRAIN`` or ``torchcaffe.TEST`` (default TEST, Caffe's NetState
+    default). The net is built on the CPU in float32; move it with ``.to()`` like any module.
+    """
+
+    def __init__(self, network, *args, level: int = 0, stages: Sequence[str] | None = None,
+                 weights: str | os.PathLike | None = None, phase: int | None = None):
+        super().__init__()
+        phase, level, stages, weights = _net_arguments(args, phase, level, stages, weights)
+        param, source = _read_network(network)
+        state = make_state(phase, level, stages, param.state if param.HasField("state") else None)
+        filtered = filter_net(param, state)
+        self.name = param.name
+        self.phase = phase
+        self.source = source
+        self._graph = graph = build_graph(insert_splits(filtered, source), source)
+        self.layers = nn.ModuleList(node.layer for node in graph.nodes)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # tracks dtype/device
+        self._shapes = {name: graph.slot_shapes[slot] for name, slot in graph.last_slot.items()}
+        self._data: dict[str, torch.Tensor] = {}
+        self._diff: dict[str, torch.Tensor] = {}
+        self._vals: list | None = None
+        self._torch_call = False
+        self._plan_backward()
+        self._set_requires_grad()
+        self._set_loss_diffs()
+        self._make_views()
+        if weights is not None:
+            self.copy_from(weights)
+
+    # -- construction -----------------------------------------------------------------------
+    def _plan_backward(self) -> None:
+        """Which slots a pycaffe backward writes diffs for, and which layers run."""
+        nodes = self._graph.nodes
+        self._active = {slot for node in nodes if node.need_backward
+                        for slot, need in zip(node.bottom_slots, node.bottom_need_backward) if need}
+        self._diff_slot: dict[str, int] = {}
+        for slot, name in enumerate(self._graph.slot_names):
+            if slot in self._active and name not in self._diff_slot:
+                self._diff_slot[name] = slot
+        self._any_backward = any(node.need_backward for node in nodes)
+        last = self._graph.last_slot
+        self._inplace_quirk: dict[int, str] = {}
+        for node in nodes:
+            for j, (name, slot) in enumerate(zip(node.tops, node.top_slots)):
+                in_place = j < len(node.bottoms) and node.bottoms[j] == name
+                if needs_inplace_quirk(node.layer, in_place, last[name] == slot):
+                    self._inplace_quirk[node.index] = name
+        self._final_slots = {last[name]: name for name in self._inplace_quirk.values()}
+        last_use: dict[int, int] = {}
+        for node in nodes:
+            for slot in node.bottom_slots:
+                last_use[slot] = node.index
+        keep = {self._graph.last_slot[name] for name in self._graph.outputs}
+        self._release: list[list[int]] = [[] for _ in nodes]
+        for slot, index in last_use.items():
+            if slot not in keep:
+                self._release[index].append(slot)
+
+    def _set_requires_grad(self) -> None:
+        """lr_mult 0 freezes a parameter (unless force_backward): it gets no gradient."""
+        wanted: dict[int, bool] = {}
+        for node in self._graph.nodes:
+            for attr, propagate in zip(node.layer.blob_names, node.param_propagate_down):
+                tensor = node.layer._parameters.get(attr)
+                if tensor is not None:
+                    wanted[id(tensor)] = wanted.get(id(tensor), False) or propagate
+        for param in self.parameters():
+            param.requires_grad_(wanted.get(id(param), False))
+
+    def _set_loss_diffs(self) -> None:
+        """Caffe writes each loss weight into its top's diff at setup: d(total loss)/d(top)."""
+        self._loss_weight = {name: weight for node in self._graph.nodes
+                             for name, weight in zip(node.tops, node.loss_weights) if weight}
+        for name, weight in self._loss_weight.items():
+            self._diff[name] = torch.full(self._shapes[name], weight)
+
+    def _make_views(self) -> None:
+        graph = self._graph
+        self._layer_names = [node.name for node in graph.nodes]
+        self.layer_dict = OrderedDict((node.name, node.layer) for node in graph.nodes)
+        self.blobs = OrderedDict((name, Blob(self, name)) for name in graph.blob_names)
+        self.params = OrderedDict((node.name, node.layer.blobs) for node in graph.nodes if node.layer.blob_names)
+        self.inputs = list(graph.inputs)
+        self.outputs = list(graph.outputs)
+        self.blob_loss_weights = OrderedDict((name, graph.blob_loss_weights.get(name, 0.0))
+                                             for name in graph.blob_names)
+        self.top_names = OrderedDict((node.name, list(node.tops)) for node in graph.nodes)
+        self.bottom_names = OrderedDict((node.name, list(node.bottoms)) for node in graph.nodes)
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self._graph.blob_names)
+
+    # -- blob storage --------------------------------------------------------------------------
+    def _blob_data(self, name: str) -> torch.Tensor:
+        tensor = self._data.get(name)
+        if tensor is None:
+            tensor = self._data[name] = self._anchor.new_zeros(self._shapes[name])
+        return tensor
+
+    def _blob_diff(self, name: str) -> torch.Tensor:
+        data = self._blob_data(name)
+        diff = self._diff.get(name)
+        if diff is None or diff.shape != data.shape or diff.dtype != data.dtype or diff.device != data.device:
+            # A loss top keeps its weight as its diff through a reshape (Caffe keeps the buffer).
+            weight = self._loss_weight.get(name, 0.0)
+            diff = self._diff[name] = torch.full_like(data, weight, requires_grad=False)
+        return diff
+
+    def _reshape_blob(self, name: str, shape: tuple[int, ...]) -> None:
+        self._shapes[name] = torch.Size(shape)
+        self._data[name] = self._anchor.new_zeros(shape)
+        self._diff.pop(name, None)
+
+    def reshape(self) -> None:
+        """Propagate the input blobs' shapes through the net (Caffe's ``Net::Reshape``)."""
+        graph = self._graph
+        shapes = list(graph.slot_shapes)
+        for node in graph.nodes:
+            if getattr(node.layer, "is_input", False):
+                tops = [self._shapes[name] for name in node.tops]
+            else:
+                tops = infer_top_shapes(node.layer, [shapes[s] for s in node.bottom_slots], self._anchor.dtype)
+            for slot, shape in zip(node.top_slots, tops):
+                shapes[slot] = shape
+        graph.slot_shapes = shapes
+        for name, slot in graph.last_slot.items():
+            if self._shapes[name] != shapes[slot]:
+                self._shapes[name] = shapes[slot]
+                if name not in self.inputs:
+                    self._data.pop(name, None)
+        self._vals = None
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._data = {k: fn(v) for k, v in self._data.items()}
+        self._diff = {k: fn(v) for k, v in self._diff.items()}
+        self._vals = None
+        return self
+
+    # -- forward -------------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        """``net(x, ...)`` / ``net(data=x)``: the torch way, always (see :meth:`forward`)."""
+        self._torch_call = True
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self._torch_call = False
+
+    def forward(self, *args, blobs: Sequence[str] | None = None, start: str | None = None,
+                end: str | None = None, **kwargs):
+        """Run the net.
+
+        Given torch tensors (positionally in ``net.inputs`` order, or by input name), returns an
+        ``OrderedDict`` of the output blobs as tensors, graph intact: the torch way.
+
+        Otherwise pycaffe's ``forward(blobs=None, start=None, end=None, **inputs)``: numpy inputs
+        are copied into the input blobs, layers ``start``..``end`` run, every blob keeps its value,
+        and a dict of numpy arrays comes back (the outputs, or the tops of ``end``, plus ``blobs``).
+        """
+        if self._torch_call or args or any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+            if blobs is not None or start is not None or end is not None:
+                raise TypeError("blobs/start/end are pycaffe arguments; they take numpy inputs, not tensors")
+            return self._forward_tensors(args, kwargs)
+        return self._forward_pycaffe(blobs, start, end, kwargs)
+
+    def _forward_tensors(self, args, kwargs) -> "OrderedDict[str, torch.Tensor]":
+        if len(args) > len(self.inputs):
+            raise NetError(f"the net takes {len(self.inputs)} input(s) {self.inputs}, got {len(args)}")
+        given = dict(zip(self.inputs, args))
+        for name, value in kwargs.items():
+            if name not in self.inputs:
+                raise NetError(f"{name!r} is not an input of the net; inputs are {self.inputs}")
+            if name in given:
+                raise TypeError(f"input {name!r} given twice")
+            given[name] = value
+        vals: list = [None] * len(self._graph.slot_names)
+        self._execute(vals, 0, len(self._graph.nodes) - 1, given=given, release=True)
+        last = self._graph.last_slot
+        return OrderedDict((name, vals[last[name]]) for name in self.outputs)
+
+    def _forward_pycaffe(self, blobs, start, end, kwargs) -> dict[str, np.ndarray]:
+        for name, value in kwargs.items():
+            if name not in self.inputs:
+                raise NetError(f"{name!r} is not an input blob of the net; inputs are {self.inputs}")
+            self._set_input(name, value)
+        first = self._layer_index(start, 0)
+        last = self._layer_index(end, len(self._graph.nodes) - 1)
+        vals = self._values_before(first)
+        record = self._any_backward and torch.is_grad_enabled()
+        with torch.set_grad_enabled(record):
+            self._execute(vals, first, last, mark_inputs=record)
+        for node in self._graph.nodes[first:last + 1]:
+            if not getattr(node.layer, "is_input", False):
+                for name, slot in zip(node.tops, node.top_slots):
+                    self._data[name] = vals[slot]
+        self._vals = vals
+        wanted = list(self.top_names[self._layer_names[last]]) if end is not None else list(self.outputs)
+        wanted += [b for b in (blobs or ()) if b not in wanted]
+        return {name: self.blobs[name].data for name in wanted}
+
+    def _set_input(self, name: str, value) -> None:
+        array = np.asarray(value)
+        target = self._blob_data(name)
+        if tuple(array.shape) != tuple(target.shape):
+            raise NetError(f"input {name!r} has shape {tuple(array.shape)} but the blob is "
+                           f"{tuple(target.shape)}; call net.blobs[{name!r}].reshape(...) first")
+        with torch.no_grad():
+            target.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+    def _layer_index(self, name: str | None, default: int) -> int:
+        if name is None:
+            return default
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise NetError(f"no layer named {name!r} in the net") from None
+
+    def _values_before(self, first: int) -> list:
+        """Slot values for a run starting at layer ``first``: the blobs' current data."""
+        vals: list = [None] * len(self._graph.slot_names)
+        for node in self._graph.nodes[:first]:
+            for name, slot in zip(node.tops, node.top_slots):
+                vals[slot] = self._blob_data(name)
+        return vals
+
+    def _execute(self, vals: list, first: int, last: int, *, given: Mapping | None = None,
+                 mark_inputs: bool = False, release: bool = False) -> None:
+        finals: dict[str, torch.Tensor] = {}  # blob values the in-place quirk reads in backward
+        for node in self._graph.nodes[first:last + 1]:
+            if getattr(node.layer, "is_input", False):
+                for name, slot in zip(node.tops, node.top_slots):
+                    tensor = given.get(name) if given else None
+                    if tensor is None:
+                        tensor = self._blob_data(name)
+                        if mark_inputs and slot in self._active:
+                            tensor = tensor.detach().requires_grad_()
+                    vals[slot] = tensor
+                continue
+            bottoms = [vals[s] for s in node.bottom_slots]
+            if True in node.detach:
+                bottoms = [b.detach() if stop else b for b, stop in zip(bottoms, node.detach)]
+            try:
+                if node.index in self._inplace_quirk and torch.is_grad_enabled() and bottoms[0].requires_grad:
+                    tops = CaffeInPlace.apply(bottoms[0], node.layer, finals, self._inplace_quirk[node.index])
+                else:
+                    tops = node.layer(*bottoms)
+            except CaffeError:
+                raise
+            except Exception as error:
+                shapes = [tuple(b.shape) for b in bottoms]
+                raise NetError(f"{node.label}: forward failed for bottoms of shape {shapes}: {error}") from error
+            if not isinstance(tops, tuple):
+                tops = (tops,)
+            for slot, tensor in zip(node.top_slots, tops):
+                vals[slot] = tensor
+                if slot in self._final_slots:
+                    finals[self._final_slots[slot]] = tensor.detach()
+            if release:
+                for slot in self._release[node.index]:
+                    vals[slot] = None
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, diffs: Sequence[str] | None = None, start: str | None = None,
+                 end: str | None = None, **kwargs) -> dict[str, np.ndarray]:
+        """pycaffe's ``backward``: back-propagate from the tops' diffs (loss weights, or what was
+        put into the output blobs' diffs), leaving every blob's and parameter's diff as Caffe does.
+        Parameter diffs accumulate until ``clear_param_diffs``; blob diffs are overwritten."""
+        if start is not None or end is not None:
+            raise NotImplementedError("backward(start=..., end=...) is not supported yet")
+        for name, value in kwargs.items():
+            if name not in self.outputs:
+                raise NetError(f"{name!r} is not an output blob of the net; outputs are {self.outputs}")
+            diff = self._blob_diff(name)
+            with torch.no_grad():
+                diff.copy_(torch.from_numpy(np.ascontiguousarray(np.asarray(value))).reshape(diff.shape))
+        if self._vals is None:
+            raise NetError("backward() needs a forward() first")
+        if self._any_backward:
+            self._backward_all(self._vals)
+        wanted = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
+        return {name: self.blobs[name].diff for name in wanted}
+
+    def _backward_all(self, vals: list) -> None:
+        seeds, seed_grads = self._backward_seeds(vals)
+        blob_targets = [(name, vals[slot]) for name, slot in self._diff_slot.items()]
+        param_targets = self._backward_params()
+        inputs = [t for _, t in blob_targets if t is not None and t.requires_grad] + param_targets
+        grads: Iterable = ()
+        if seeds and inputs:
+            grads = torch.autograd.grad(seeds, inputs, seed_grads, allow_unused=True, retain_graph=True)
+        grads = iter(grads)
+        with torch.no_grad():
+            for name, tensor in blob_targets:
+                grad = next(grads, None) if tensor is not None and tensor.requires_grad and seeds else None
+                diff = self._blob_diff(name)
+                diff.copy_(grad) if grad is not None else diff.zero_()
+            for param in param_targets:
+                grad = next(grads, None) if seeds else None
+                if grad is None:
+                    continue
+                if param.grad is None:
+                    param.grad = grad.clone()
+                else:
+                    param.grad.add_(grad)
+
+    def _backward_seeds(self, vals: list):
+        """The tops whose diffs no later layer overwrites: backward starts from what they hold."""
+        seeds, grads = [], []
+        for node in self._graph.nodes:
+            if not node.need_backward:
+                continue
+            for name, slot in zip(node.tops, node.top_slots):
+                tensor = vals[slot]
+                if slot in self._active or tensor is None or not tensor.requires_grad:
+                    continue
+                diff = self._blob_diff(name) if name != ANONYMOUS_TOP else None
+                if name == ANONYMOUS_TOP:
+                    weight = node.loss_weights[node.top_slots.index(slot)]
+                    diff = torch.full_like(tensor, weight)
+                if diff.shape == tensor.shape and bool(diff.any()):
+                    seeds.append(tensor)
+                    grads.append(diff)
+        return seeds, grads
+
+    def _backward_params(self) -> list[torch.Tensor]:
+        seen, params = set(), []
+        for node in self._graph.nodes:
+            if not node.need_backward:
+                continue
+            for attr, propagate in zip(node.layer.blob_names, node.param_propagate_down):
+                tensor = node.layer._parameters.get(attr)
+                if propagate and tensor is not None and tensor.requires_grad and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    params.append(tensor)
+        return params
+
+    def clear_param_diffs(self) -> None:
+        """Zero every parameter's diff (Caffe's ``ClearParamDiffs``)."""
+        for param in self.parameters():
+            if param.grad is not None:
+                param.grad.zero_()
+
+    # -- weights -------------------------------------------------------------------------------
+    def copy_from(self, path: str | os.PathLike) -> None:
+        """Load weights by layer name from a ``.caffemodel`` or ``.caffemodel.h5`` (Caffe's
+        ``CopyTrainedLayersFrom``): source layers the net lacks are skipped with one log line;
+        a blob count or shape that differs is an error naming the layer, blob and both shapes."""
+        path = os.fspath(path)
+        index = {}
+        for i, name in enumerate(self._layer_names):
+            index.setdefault(name, i)
+        for source in read_weights(path):
+            if source.name not in index:
+                log.info("Ignoring source layer %s", source.name)
+                continue
+            self._copy_layer(path, self._graph.nodes[index[source.name]], source)
+
+    def _copy_layer(self, path: str, node, source) -> None:
+        targets = node.layer.caffe_blobs()
+        if len(source.blobs) != len(targets):
+            raise WeightsError(f"{path}: {node.label} has {len(targets)} blob(s) in the net but "
+                               f"{len(source.blobs)} in the weights file")
+        for j, (target, blob) in enumerate(zip(targets, source.blobs)):
+            if not _shape_matches(tuple(target.shape), blob):
+                raise WeightsError(
+                    f"{path}: cannot copy blob {j} of {node.label}: the file has shape {blob.shape}, "
+                    f"the net expects {tuple(target.shape)}. To learn this layer from scratch instead, "
+                    f"rename it in the prototxt.")
+            with torch.no_grad():
+                target.copy_(torch.from_numpy(np.asarray(blob.data)).reshape(target.shape))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the net's layers and blobs as a binary ``.caffemodel`` (Caffe's ``Net::ToProto``)."""
+        param = caffe_pb2.NetParameter(name=self.name)
+        for node in self._graph.nodes:
+            layer = param.layer.add()
+            layer.CopyFrom(node.param)
+            del layer.blobs[:]
+        blobs = [[as_numpy(t) for t in node.layer.caffe_blobs()] for node in self._graph.nodes]
+        write_caffemodel(os.fspath(path), param, blobs)
+
+    def save_hdf5(self, path: str | os.PathLike) -> None:
+        """Write the blobs in Caffe's HDF5 layout; shared parameters are stored once, by their owner."""
+        owned = {(e.layer, e.blob) for e in self._graph.params if e.owner == -1}
+        layers = []
+        for node in self._graph.nodes:
+            arrays = [as_numpy(t) for j, t in enumerate(node.layer.caffe_blobs()) if (node.index, j) in owned]
+            if arrays:
+                layers.append((node.name, arrays))
+        write_caffemodel_h5(os.fspath(path), layers)
+
+    def load_hdf5(self, path: str | os.PathLike) -> None:
+        self.copy_from(path)
+
+    # -- what the solver needs -----------------------------------------------------------------
+    @property
+    def learnable_params(self):
+        """Caffe's learnable parameters (owners only) with their lr_mult and decay_mult."""
+        return [e for e in self._graph.params if e.owner == -1]
+
+    def __repr__(self) -> str:
+        return f"<torchcaffe.Net {self.name!r}: {len(self._graph.nodes)} layers, phase " \
+               f"{caffe_pb2.Phase.Name(self.phase)}, inputs {self.inputs}, outputs {self.outputs}>"
+
+
+def _net_arguments(args, phase, level, stages, weights):
+    """pycaffe accepts ``(phase, level, stages, weights)`` and the legacy ``(weights, phase)``."""
+    args = list(args)
+    if args and isinstance(args[0], PathLike):
+        weights = args.pop(0)
+        if args:
+            phase = args.pop(0)
+    else:
+        names = ["phase", "level", "stages", "weights"]
+        values = dict(phase=phase, level=level, stages=stages, weights=weights)
+        for name, value in zip(names, args):
+            values[name] = value
+        phase, level, stages, weights = (values[n] for n in names)
+        args = args[len(names):]
+    if args:
+        raise TypeError("Net(prototxt, phase, level=0, stages=None, weights=None) got too many arguments")
+    if phase is None:
+        phase = TEST
+    if phase not in (TRAIN, TEST):
+        raise ValueError(f"phase must be torchcaffe.TRAIN ({TRAIN}) or torchcaffe.TEST ({TEST}), got {phase!r}")
+    return phase, int(level), list(stages or ()), weights
+
+
+def _read_network(network) -> tuple[caffe_pb2.NetParameter, str]:
+    if isinstance(network, caffe_pb2.NetParameter):
+        from ..io.upgrade import upgrade_net
+        return upgrade_net(network), "<NetParameter>"
+    if isinstance(network, PathLike):
+        return read_net(os.fspath(network)), os.fspath(network)
+    raise TypeError(f"a net is a prototxt path or a caffe_pb2.NetParameter, got {type(network).__name__}")
+
+
+def _shape_matches(target: tuple[int, ...], blob) -> bool:
+    """Caffe's Blob::ShapeEquals: legacy 4-D shapes compare against the target's trailing axes."""
+    if blob.legacy is not None:
+        if len(target) > 4:
+            return False
+        padded = (1,) * (4 - len(target)) + target
+        return padded == tuple(blob.legacy)
+    return tuple(blob.shape) == target
