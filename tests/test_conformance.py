@@ -118,3 +118,20 @@ def test_cases_are_present():
                                   if n in XFAIL else n for n in CASES])
 def test_conformance_case(name, tmp_path):
     replay(CASES_DIR / name, tmp_path)
+
+
+WITH_WEIGHTS = [n for n in CASES if json.loads((CASES_DIR / n / "case.json").read_text()).get("weights")]
+
+
+@requires_shared
+@pytest.mark.parametrize("name", WITH_WEIGHTS)
+def test_save_writes_the_bytes_caffe_wrote(name, tmp_path):
+    """``net.save`` right after loading a case reproduces Caffe's own ``Net.save`` file byte for
+    byte: the same layers (Split layers included), the parameters Caffe adds at set-up, the blobs."""
+    case_dir = CASES_DIR / name
+    case = json.loads((case_dir / "case.json").read_text())
+    net = torchcaffe.Net(str(case_dir / (case.get("net_file") or "net.prototxt")), PHASES[case["phase"]],
+                         level=case["level"], stages=case["stages"])
+    net.copy_from(str(case_dir / case["weights"]))
+    net.save(str(tmp_path / "saved.caffemodel"))
+    assert (tmp_path / "saved.caffemodel").read_bytes() == (case_dir / case["weights"]).read_bytes()

@@ -1,14 +1,20 @@
-"""Build a one-layer net from a layer's ``Sample`` and drive it through the public ``Net`` API."""
+"""Build a one-layer net from a layer's ``Sample`` and drive it through the public ``Net`` API.
+
+The family tests also build single layers without a net (``make_layer``) and share the small
+helpers at the end of this file.
+"""
 from __future__ import annotations
 
 import zlib
 
 import numpy as np
+import pytest
 import torch
 from google.protobuf import text_format
 
 import torchcaffe
-from torchcaffe.layers import Sample, layer_class
+from torchcaffe.errors import NetError
+from torchcaffe.layers import LayerSetup, Sample, layer_class
 from torchcaffe.proto import caffe_pb2
 
 
@@ -131,3 +137,41 @@ def run(net: torchcaffe.Net, values: dict[str, np.ndarray], seed: int = 1, backw
         for layer, blobs in net.params.items():
             result.update({f"pdiff/{layer}/{i}": b.diff.copy() for i, b in enumerate(blobs)})
     return result
+
+
+# -- one layer without a net, for family tests ----------------------------------------------------
+
+def make_layer(type_name: str, params: str, *shapes, tops: int = 1, name: str = "L", bottoms=None,
+               top_names=None, phase: int = torchcaffe.TRAIN, seed: int | None = None):
+    """Build one layer directly, as the net would, for bottoms of ``shapes``.
+
+    Bottoms are named ``b0..`` and tops ``t0..`` unless ``bottoms``/``top_names`` say otherwise.
+    With ``seed``, torch is seeded first, so the layer's fillers draw the same values every run.
+    """
+    param = caffe_pb2.LayerParameter(name=name, type=type_name)
+    text_format.Merge(params, param)
+    param.bottom.extend(bottoms or [f"b{i}" for i in range(len(shapes))])
+    param.top.extend(top_names or [f"t{i}" for i in range(tops)])
+    if seed is not None:
+        torch.manual_seed(seed)
+    return layer_class(type_name)(LayerSetup(param, [torch.Size(s) for s in shapes], phase))
+
+
+def float64_tensor(array, grad: bool = False) -> torch.Tensor:
+    """``array`` as a float64 tensor, optionally requiring its gradient."""
+    return torch.tensor(np.asarray(array, dtype=np.float64), requires_grad=grad)
+
+
+def net_from(text: str, phase: int = torchcaffe.TRAIN) -> torchcaffe.Net:
+    """A net from prototxt text."""
+    return torchcaffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase)
+
+
+def expect_error(match_words, fn, *args, **kwargs) -> str:
+    """Call ``fn`` expecting a NetError whose message holds every one of ``match_words``."""
+    with pytest.raises(NetError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    for word in match_words:
+        assert word in message, f"{word!r} not in {message!r}"
+    return message

@@ -8,45 +8,19 @@ torch call, the bottoms Caffe never back-propagates into, and the configuration 
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
-import torchcaffe
-from torchcaffe.errors import NetError
-from torchcaffe.layers import LayerSetup, layer_class
-from torchcaffe.proto import caffe_pb2
+from .harness import expect_error, float64_tensor as t, make_layer, net_from
 
 RNG = np.random.default_rng(20240612)
 
 
-def make(type_name: str, params: str, *shapes, tops: int = 1, name: str = "L", bottoms=None, top_names=None):
-    """Build one layer directly, as the net would, for bottoms of ``shapes``."""
-    param = caffe_pb2.LayerParameter(name=name, type=type_name)
-    text_format.Merge(params, param)
-    param.bottom.extend(bottoms or [f"b{i}" for i in range(len(shapes))])
-    param.top.extend(top_names or [f"t{i}" for i in range(tops)])
-    torch.manual_seed(0)
-    return layer_class(type_name)(LayerSetup(param, [torch.Size(s) for s in shapes]))
-
-
-def t(array, grad=False):
-    return torch.tensor(np.asarray(array, dtype=np.float64), requires_grad=grad)
-
-
-def net_from(text: str, phase=torchcaffe.TRAIN) -> torchcaffe.Net:
-    return torchcaffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase)
-
-
-def expect_error(match_words, fn, *args):
-    with pytest.raises(NetError) as info:
-        fn(*args)
-    message = str(info.value)
-    for word in match_words:
-        assert word in message, f"{word!r} not in {message!r}"
-    return message
+# Every layer of this file is built right after torch.manual_seed(0), so fillers draw the same values.
+make = partial(make_layer, seed=0)
 
 
 # -- InnerProduct ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 
 from torchcaffe.layers import layer_class, registered_layers
 
-from .harness import bottom_values, build, differentiable_bottoms, net_param, run, top_count
+from .harness import bottom_values, build, differentiable_bottoms, run, top_count
 
 CASES = [(name, i, sample) for name, cls in sorted(registered_layers().items())
          for i, sample in enumerate(cls.samples)]

@@ -11,40 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
-import torchcaffe
-from torchcaffe.errors import NetError
-from torchcaffe.layers import LayerSetup, layer_class
-from torchcaffe.proto import caffe_pb2
+from .harness import expect_error, float64_tensor as t, make_layer, net_from
 
 RNG = np.random.default_rng(20240613)
-
-
-def make(type_name: str, params: str, *shapes, tops: int = 1, name: str = "L", bottoms=None, top_names=None):
-    """Build one layer directly, as the net would, for bottoms of ``shapes``."""
-    param = caffe_pb2.LayerParameter(name=name, type=type_name)
-    text_format.Merge(params, param)
-    param.bottom.extend(bottoms or [f"b{i}" for i in range(len(shapes))])
-    param.top.extend(top_names or [f"t{i}" for i in range(tops)])
-    return layer_class(type_name)(LayerSetup(param, [torch.Size(s) for s in shapes]))
-
-
-def t(array, grad=False):
-    return torch.tensor(np.asarray(array, dtype=np.float64), requires_grad=grad)
-
-
-def net_from(text: str, phase=torchcaffe.TRAIN) -> torchcaffe.Net:
-    return torchcaffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase)
-
-
-def expect_error(match_words, fn, *args, **kwargs):
-    with pytest.raises(NetError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    for word in match_words:
-        assert word in message, f"{word!r} not in {message!r}"
-    return message
 
 
 # -- Concat ---------------------------------------------------------------------------------------
@@ -52,7 +22,7 @@ def expect_error(match_words, fn, *args, **kwargs):
     ("", [(2, 3, 2), (2, 1, 2), (2, 2, 2)], 1), ("concat_param { axis: 0 }", [(1, 3), (2, 3)], 0),
     ("concat_param { axis: -1 }", [(2, 2, 3), (2, 2, 1)], 2), ("concat_param { concat_dim: 2 }", [(1, 2, 3), (1, 2, 2)], 2)])
 def test_concat_matches_numpy(params, shapes, axis):
-    layer = make("Concat", params, *shapes)
+    layer = make_layer("Concat", params, *shapes)
     xs = [RNG.standard_normal(s) for s in shapes]
     inputs = [t(x, grad=True) for x in xs]
     y = layer(*inputs)
@@ -65,16 +35,16 @@ def test_concat_matches_numpy(params, shapes, axis):
 
 
 def test_concat_one_bottom_is_the_bottom():
-    layer = make("Concat", "", (2, 3))
+    layer = make_layer("Concat", "", (2, 3))
     x = torch.zeros(2, 3)
     assert layer(x) is x
 
 
 def test_concat_errors():
-    expect_error(['"L"', "concat_dim", "axis"], make, "Concat", "concat_param { axis: 1 concat_dim: 1 }", (2, 3), (2, 3))
-    expect_error(['"L"', "bottom 1", "(2, 3, 4)", "(2, 3, 5)"], make, "Concat", "", (2, 3, 4), (2, 3, 5))
-    expect_error(['"L"', "bottom 1"], make, "Concat", "", (2, 3, 4), (2, 3))
-    expect_error(['"L"', "concat_dim 3"], make, "Concat", "concat_param { concat_dim: 3 }", (2, 3, 4), (2, 3, 4))
+    expect_error(['"L"', "concat_dim", "axis"], make_layer, "Concat", "concat_param { axis: 1 concat_dim: 1 }", (2, 3), (2, 3))
+    expect_error(['"L"', "bottom 1", "(2, 3, 4)", "(2, 3, 5)"], make_layer, "Concat", "", (2, 3, 4), (2, 3, 5))
+    expect_error(['"L"', "bottom 1"], make_layer, "Concat", "", (2, 3, 4), (2, 3))
+    expect_error(['"L"', "concat_dim 3"], make_layer, "Concat", "concat_param { concat_dim: 3 }", (2, 3, 4), (2, 3, 4))
 
 
 # -- Slice ----------------------------------------------------------------------------------------
@@ -83,7 +53,7 @@ def test_concat_errors():
     ("slice_param { axis: -1 }", (1, 2, 6), 3, 2, [2, 2, 2]), ("slice_param { slice_dim: 0 slice_point: 1 }", (3, 2), 2, 0, [1, 2]),
     ("slice_param { slice_point: 3 }", (2, 3), 2, 1, [3, 0])])
 def test_slice_matches_numpy(params, shape, tops, axis, sizes):
-    layer = make("Slice", params, shape, tops=tops)
+    layer = make_layer("Slice", params, shape, tops=tops)
     x = RNG.standard_normal(shape)
     xt = t(x, grad=True)
     ys = layer(xt)
@@ -97,13 +67,13 @@ def test_slice_matches_numpy(params, shape, tops, axis, sizes):
 
 
 def test_slice_errors():
-    expect_error(['"L"', "slice_point", "2"], make, "Slice", "slice_param { slice_point: 1 }", (2, 6), tops=3)
-    expect_error(['"L"', "slice_point", "ascending"], make, "Slice", "slice_param { slice_point: 3 slice_point: 2 }",
+    expect_error(['"L"', "slice_point", "2"], make_layer, "Slice", "slice_param { slice_point: 1 }", (2, 6), tops=3)
+    expect_error(['"L"', "slice_point", "ascending"], make_layer, "Slice", "slice_param { slice_point: 3 slice_point: 2 }",
                  (2, 6), tops=3)
-    expect_error(['"L"', "slice_point", "ascending"], make, "Slice", "slice_param { slice_point: 0 }", (2, 6), tops=2)
-    expect_error(['"L"', "slice_point"], make, "Slice", "slice_param { slice_point: 7 }", (2, 6), tops=2)
-    expect_error(['"L"', "equal parts", "4", "slice_point"], make, "Slice", "", (2, 6), tops=4)
-    expect_error(['"L"', "slice_dim", "axis"], make, "Slice", "slice_param { axis: 1 slice_dim: 1 }", (2, 6), tops=2)
+    expect_error(['"L"', "slice_point", "ascending"], make_layer, "Slice", "slice_param { slice_point: 0 }", (2, 6), tops=2)
+    expect_error(['"L"', "slice_point"], make_layer, "Slice", "slice_param { slice_point: 7 }", (2, 6), tops=2)
+    expect_error(['"L"', "equal parts", "4", "slice_point"], make_layer, "Slice", "", (2, 6), tops=4)
+    expect_error(['"L"', "slice_dim", "axis"], make_layer, "Slice", "slice_param { axis: 1 slice_dim: 1 }", (2, 6), tops=2)
 
 
 # -- Split ----------------------------------------------------------------------------------------
@@ -125,7 +95,7 @@ def test_split_tops_are_the_bottom_and_keep_their_own_diffs():
 
 
 def test_split_refuses_in_place():
-    expect_error(['"L"', "in place"], make, "Split", "", (2, 3), tops=2, bottoms=["x"], top_names=["y", "x"])
+    expect_error(['"L"', "in place"], make_layer, "Split", "", (2, 3), tops=2, bottoms=["x"], top_names=["y", "x"])
 
 
 # -- Flatten --------------------------------------------------------------------------------------
@@ -134,7 +104,7 @@ def test_split_refuses_in_place():
     ("flatten_param { axis: 0 }", (1, 3, 2), (6,)), ("flatten_param { axis: -2 end_axis: -2 }", (2, 3, 2), (2, 3, 2)),
     ("flatten_param { axis: 2 end_axis: 1 }", (2, 3, 2), (2, 3, 1, 2)), ("flatten_param { end_axis: -2 }", (2, 3, 4, 5), (2, 12, 5))])
 def test_flatten_shapes(params, shape, expected):
-    layer = make("Flatten", params, shape)
+    layer = make_layer("Flatten", params, shape)
     x = RNG.standard_normal(shape)
     y = layer(t(x))
     assert tuple(y.shape) == expected
@@ -142,9 +112,9 @@ def test_flatten_shapes(params, shape, expected):
 
 
 def test_flatten_errors():
-    expect_error(['"L"', "end_axis"], make, "Flatten", "flatten_param { axis: 2 end_axis: 0 }", (2, 3, 4))
-    expect_error(['"L"', "flatten_param axis"], make, "Flatten", "flatten_param { axis: 3 }", (2, 3, 4))
-    expect_error(['"L"', "in place"], make, "Flatten", "", (2, 3), bottoms=["x"], top_names=["x"])
+    expect_error(['"L"', "end_axis"], make_layer, "Flatten", "flatten_param { axis: 2 end_axis: 0 }", (2, 3, 4))
+    expect_error(['"L"', "flatten_param axis"], make_layer, "Flatten", "flatten_param { axis: 3 }", (2, 3, 4))
+    expect_error(['"L"', "in place"], make_layer, "Flatten", "", (2, 3), bottoms=["x"], top_names=["x"])
 
 
 # -- Reshape --------------------------------------------------------------------------------------
@@ -166,7 +136,7 @@ def test_flatten_errors():
     ("shape { dim: 3 dim: 2 dim: 2 }", (2, 6), (3, 2, 2)),
 ])
 def test_reshape_shapes(params, shape, expected):
-    layer = make("Reshape", f"reshape_param {{ {params} }}", shape)
+    layer = make_layer("Reshape", f"reshape_param {{ {params} }}", shape)
     x = RNG.standard_normal(shape)
     y = layer(t(x))
     assert tuple(y.shape) == expected
@@ -185,11 +155,11 @@ def test_reshape_shapes(params, shape, expected):
     ("shape { dim: 6 } num_axes: -2", (2, 3), ["num_axes"]),
 ])
 def test_reshape_errors(params, shape, words):
-    expect_error(['"L"', "reshape_param", *words], make, "Reshape", f"reshape_param {{ {params} }}", shape)
+    expect_error(['"L"', "reshape_param", *words], make_layer, "Reshape", f"reshape_param {{ {params} }}", shape)
 
 
 def test_reshape_refuses_in_place():
-    expect_error(['"L"', "in place"], make, "Reshape", "reshape_param { shape { dim: -1 } }", (2, 3),
+    expect_error(['"L"', "in place"], make_layer, "Reshape", "reshape_param { shape { dim: -1 } }", (2, 3),
                  bottoms=["x"], top_names=["x"])
 
 
@@ -206,7 +176,7 @@ def test_reshape_follows_a_new_bottom_shape():
 # -- Tile -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,axis,tiles", [((2, 2, 3), 1, 3), ((1, 3, 2), -1, 2), ((2, 3), 0, 2), ((2, 3), 1, 1)])
 def test_tile_matches_loop(shape, axis, tiles):
-    layer = make("Tile", f"tile_param {{ axis: {axis} tiles: {tiles} }}", shape)
+    layer = make_layer("Tile", f"tile_param {{ axis: {axis} tiles: {tiles} }}", shape)
     x = RNG.standard_normal(shape)
     a = axis % len(shape)
     outer = int(np.prod(shape[:a]))
@@ -224,9 +194,9 @@ def test_tile_matches_loop(shape, axis, tiles):
 
 
 def test_tile_errors():
-    expect_error(['"L"', "tiles"], make, "Tile", "tile_param { axis: 1 }", (2, 3))
-    expect_error(['"L"', "tiles", "0"], make, "Tile", "tile_param { tiles: 0 }", (2, 3))
-    expect_error(['"L"', "tile_param axis"], make, "Tile", "tile_param { tiles: 2 axis: 2 }", (2, 3))
+    expect_error(['"L"', "tiles"], make_layer, "Tile", "tile_param { axis: 1 }", (2, 3))
+    expect_error(['"L"', "tiles", "0"], make_layer, "Tile", "tile_param { tiles: 0 }", (2, 3))
+    expect_error(['"L"', "tile_param axis"], make_layer, "Tile", "tile_param { tiles: 2 axis: 2 }", (2, 3))
 
 
 # -- Silence --------------------------------------------------------------------------------------
@@ -244,7 +214,7 @@ def test_silence_consumes_and_gives_zero_diffs():
 
 # -- Filter ---------------------------------------------------------------------------------------
 def test_filter_keeps_selected_items_and_routes_their_gradient():
-    layer = make("Filter", "", (5, 3), (5, 2, 1), (5,), tops=2)
+    layer = make_layer("Filter", "", (5, 3), (5, 2, 1), (5,), tops=2)
     xs = [RNG.standard_normal((5, 3)), RNG.standard_normal((5, 2, 1))]
     selector = np.array([1.0, 0.0, -2.0, 0.0, 0.5])
     inputs = [t(x, grad=True) for x in xs]
@@ -261,7 +231,7 @@ def test_filter_keeps_selected_items_and_routes_their_gradient():
 
 
 def test_filter_gradcheck_with_dropped_items():
-    layer = make("Filter", "", (4, 3), (4, 1))
+    layer = make_layer("Filter", "", (4, 3), (4, 1))
     selector = t([[0.0], [1.0], [0.0], [3.0]])
     assert torch.autograd.gradcheck(lambda x: layer(x, selector), (t(RNG.standard_normal((4, 3)), grad=True),))
 
@@ -283,14 +253,14 @@ def test_filter_tops_start_full_then_follow_the_selector():
 
 
 def test_filter_errors():
-    expect_error(['"L"', "one top per filtered bottom", "2"], make, "Filter", "", (3, 2), (3, 1), (3,), tops=1)
-    expect_error(['"L"', "selector", "(3, 2)"], make, "Filter", "", (3, 2), (3, 2))
-    expect_error(['"L"', "bottom 0", "(4, 2)", "3"], make, "Filter", "", (4, 2), (3,))
+    expect_error(['"L"', "one top per filtered bottom", "2"], make_layer, "Filter", "", (3, 2), (3, 1), (3,), tops=1)
+    expect_error(['"L"', "selector", "(3, 2)"], make_layer, "Filter", "", (3, 2), (3, 2))
+    expect_error(['"L"', "bottom 0", "(4, 2)", "3"], make_layer, "Filter", "", (4, 2), (3,))
 
 
 # -- BatchReindex ---------------------------------------------------------------------------------
 def test_batch_reindex_matches_loop_and_scatters_gradient():
-    layer = make("BatchReindex", "", (4, 2, 3), (6,))
+    layer = make_layer("BatchReindex", "", (4, 2, 3), (6,))
     x = RNG.standard_normal((4, 2, 3))
     idx = np.array([3.0, 0.0, 3.0, 1.0, 3.0, 0.0])
     xt = t(x, grad=True)
@@ -317,9 +287,9 @@ def test_batch_reindex_indices_get_no_gradient_even_when_forced():
 
 @pytest.mark.parametrize("bad", [3.0, -0.5, -1.0])
 def test_batch_reindex_rejects_out_of_range_indices(bad):
-    layer = make("BatchReindex", "", (3, 2), (2,))
+    layer = make_layer("BatchReindex", "", (3, 2), (2,))
     expect_error(['"L"', "bottom 1", "[0, 3)"], layer, torch.zeros(3, 2), torch.tensor([0.0, bad]))
 
 
 def test_batch_reindex_needs_1d_indices():
-    expect_error(['"L"', "1-D", "(2, 1)"], make, "BatchReindex", "", (3, 2), (2, 1))
+    expect_error(['"L"', "1-D", "(2, 1)"], make_layer, "BatchReindex", "", (3, 2), (2, 1))

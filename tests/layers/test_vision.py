@@ -12,24 +12,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
 import torchcaffe
 from torchcaffe import NetError
-from torchcaffe.layers import LayerSetup, Sample, layer_class
-from torchcaffe.proto import caffe_pb2
+from torchcaffe.layers import Sample
 
-from .harness import net_param
+from .harness import make_layer, net_param
 
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
-
-
-def make(type_name: str, params: str, shapes, phase=torchcaffe.TRAIN, tops: int = 1):
-    """One layer built straight from a LayerParameter (no net around it)."""
-    param = caffe_pb2.LayerParameter(name="t", type=type_name)
-    text_format.Merge(params, param)
-    return layer_class(type_name)(LayerSetup(param, [torch.Size(s) for s in shapes], phase, num_tops=tops))
 
 
 def run_layer(layer, *arrays, top_grads=None):
@@ -177,7 +168,7 @@ def _conv_text(num_output, group, kernel, stride, pad, dilation, bias=True):
 @pytest.mark.parametrize("bias", [True, False])
 def test_convolution_matches_im2col_gemm(case, bias):
     shape, num_output, group, kernel, stride, pad, dilation = case
-    layer = make("Convolution", _conv_text(num_output, group, kernel, stride, pad, dilation, bias), [shape])
+    layer = make_layer("Convolution", _conv_text(num_output, group, kernel, stride, pad, dilation, bias), shape)
     assert tuple(layer.weight.shape) == (num_output, shape[1] // group, *kernel)
     x = np.random.default_rng(0).standard_normal(shape)
     (top,), _, _ = run_layer(layer, x)
@@ -189,7 +180,7 @@ def test_convolution_matches_im2col_gemm(case, bias):
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{len(c[0]) - 2}d")
 def test_deconvolution_matches_gemm_col2im(case):
     shape, num_output, group, kernel, stride, pad, dilation = case
-    layer = make("Deconvolution", _conv_text(num_output, group, kernel, stride, pad, dilation), [shape])
+    layer = make_layer("Deconvolution", _conv_text(num_output, group, kernel, stride, pad, dilation), shape)
     assert tuple(layer.weight.shape) == (shape[1], num_output // group, *kernel)
     assert tuple(layer.bias.shape) == (num_output,)
     x = np.random.default_rng(1).standard_normal(shape)
@@ -199,16 +190,16 @@ def test_deconvolution_matches_gemm_col2im(case):
 
 
 def test_convolution_channel_axis_and_no_spatial_axes():
-    layer = make("Convolution", "convolution_param { num_output: 2 kernel_size: 3 axis: 2 "
-                 "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }", [(2, 3, 2, 5, 4)])
+    layer = make_layer("Convolution", "convolution_param { num_output: 2 kernel_size: 3 axis: 2 "
+                       "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }", (2, 3, 2, 5, 4))
     x = np.random.default_rng(2).standard_normal((2, 3, 2, 5, 4))
     (top,), _, _ = run_layer(layer, x)
     w, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
     expected = conv_ref(x.reshape(6, 2, 5, 4), w, b, 1, (1, 1), (0, 0), (1, 1)).reshape(2, 3, 2, 3, 2)
     np.testing.assert_allclose(top, expected, rtol=1e-10, atol=1e-10)
     # No spatial axis (axis = last): a grouped matrix product with a (num_output, C / group) weight.
-    layer = make("Convolution", "convolution_param { num_output: 4 group: 2 axis: -1 "
-                 "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }", [(3, 6)])
+    layer = make_layer("Convolution", "convolution_param { num_output: 4 group: 2 axis: -1 "
+                       "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }", (3, 6))
     assert tuple(layer.weight.shape) == (4, 3)
     x = np.random.default_rng(3).standard_normal((3, 6))
     (top,), _, _ = run_layer(layer, x)
@@ -218,11 +209,12 @@ def test_convolution_channel_axis_and_no_spatial_axes():
 
 
 def test_convolution_blobs_default_to_constant_zero_and_follow_bias_term():
-    layer = make("Convolution", "convolution_param { num_output: 4 group: 2 kernel_h: 3 kernel_w: 2 }", [(1, 6, 5, 5)])
+    layer = make_layer("Convolution", "convolution_param { num_output: 4 group: 2 kernel_h: 3 kernel_w: 2 }",
+                       (1, 6, 5, 5))
     assert [tuple(b.shape) for b in layer.caffe_blobs()] == [(4, 3, 3, 2), (4,)]
     assert all(not b.any() for b in layer.caffe_blobs())
-    layer = make("Deconvolution", "convolution_param { num_output: 4 group: 2 kernel_size: 3 bias_term: false }",
-                 [(1, 6, 5, 5)])
+    layer = make_layer("Deconvolution",
+                       "convolution_param { num_output: 4 group: 2 kernel_size: 3 bias_term: false }", (1, 6, 5, 5))
     assert [tuple(b.shape) for b in layer.caffe_blobs()] == [(6, 2, 3, 3)]
 
 
@@ -255,7 +247,7 @@ def test_convolution_two_bottoms_share_weights_and_accumulate_diffs():
 ])
 def test_im2col_layout_is_channel_major(shape, kernel, stride, pad, dilation):
     text = _conv_text(1, 1, kernel, stride, pad, dilation).replace("num_output: 1 group: 1 ", "")
-    layer = make("Im2col", text, [shape])
+    layer = make_layer("Im2col", text, shape)
     x = np.random.default_rng(6).standard_normal(shape)
     (top,), (grad,), top_diff = run_layer(layer, x)
     expected = np.stack([im2col_ref(image, kernel, stride, pad, dilation) for image in x])
@@ -289,7 +281,7 @@ def test_pooling_matches_caffe_loops(method):
     paths = set()
     for size, kernel, stride, pad, ceil in POOL_CONFIGS:
         tops = 2 if method == "MAX" else 1
-        layer = make("Pooling", pool_params(method, kernel, stride, pad, ceil), [(2, 2, *size)], tops=tops)
+        layer = make_layer("Pooling", pool_params(method, kernel, stride, pad, ceil), (2, 2, *size), tops=tops)
         paths.add(layer.geometry((2, 2, *size)).torch_ok)
         x = rng.integers(-3, 3, size=(2, 2, *size)).astype(np.float64)  # many ties
         tops_out, (grad,), top_diff = run_layer(layer, x)
@@ -306,14 +298,14 @@ def test_max_pooling_ties_send_the_gradient_to_the_first_maximum_only():
     x = np.ones((1, 1, 4, 4))
     for params in ("pooling_param { kernel_size: 2 stride: 2 }",
                    "pooling_param { kernel_size: 3 stride: 1 pad: 2 }"):  # torch path, explicit path
-        layer = make("Pooling", params, [x.shape], tops=2)
+        layer = make_layer("Pooling", params, x.shape, tops=2)
         (top, mask), (grad,), top_diff = run_layer(layer, x)
         expected_top, expected_mask, expected_diff = pool_ref(
             x, "MAX", layer.kernel, layer.stride, layer.pad, True, top_diff)
         np.testing.assert_array_equal(mask, expected_mask)
         np.testing.assert_allclose(grad, expected_diff, rtol=1e-12, atol=1e-12)
     # 2x2 windows of ones: only each window's top-left element is a winner.
-    layer = make("Pooling", "pooling_param { kernel_size: 2 stride: 2 }", [x.shape])
+    layer = make_layer("Pooling", "pooling_param { kernel_size: 2 stride: 2 }", x.shape)
     _, (grad,), _ = run_layer(layer, x, top_grads=[np.ones((1, 1, 2, 2))])
     np.testing.assert_array_equal(grad[0, 0], [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
 
@@ -321,23 +313,23 @@ def test_max_pooling_ties_send_the_gradient_to_the_first_maximum_only():
 def test_pooling_windows_past_the_input_keep_caffe_values():
     # 5 rows, kernel 1, stride 3, no pad: Caffe's ceil gives 3 rows, the last starting at row 6.
     x = np.arange(20.0).reshape(1, 1, 5, 4)
-    layer = make("Pooling", "pooling_param { pool: MAX kernel_size: 1 stride: 3 }", [x.shape], tops=2)
+    layer = make_layer("Pooling", "pooling_param { pool: MAX kernel_size: 1 stride: 3 }", x.shape, tops=2)
     (top, mask), _, _ = run_layer(layer, x)
     assert top.shape == (1, 1, 3, 2)
     np.testing.assert_array_equal(top[0, 0], [[0, 3], [12, 15], [-FLT_MAX, -FLT_MAX]])
     np.testing.assert_array_equal(mask[0, 0], [[0, 3], [12, 15], [-1, -1]])
-    layer = make("Pooling", "pooling_param { pool: AVE kernel_size: 1 stride: 3 }", [x.shape])
+    layer = make_layer("Pooling", "pooling_param { pool: AVE kernel_size: 1 stride: 3 }", x.shape)
     (top,), _, _ = run_layer(layer, x)
     np.testing.assert_array_equal(top[0, 0], [[0, 3], [12, 15], [0, 0]])  # 0 / -1 in Caffe
 
 
 def test_global_pooling():
     x = np.random.default_rng(9).standard_normal((2, 3, 5, 4))
-    layer = make("Pooling", "pooling_param { pool: AVE global_pooling: true }", [x.shape])
+    layer = make_layer("Pooling", "pooling_param { pool: AVE global_pooling: true }", x.shape)
     (top,), (grad,), top_diff = run_layer(layer, x)
     np.testing.assert_allclose(top, x.mean(axis=(2, 3), keepdims=True))
     np.testing.assert_allclose(grad, np.broadcast_to(top_diff / 20, x.shape))
-    layer = make("Pooling", "pooling_param { pool: MAX global_pooling: true }", [x.shape], tops=2)
+    layer = make_layer("Pooling", "pooling_param { pool: MAX global_pooling: true }", x.shape, tops=2)
     (top, mask), _, _ = run_layer(layer, x)
     np.testing.assert_allclose(top[..., 0, 0], x.reshape(2, 3, -1).max(-1))
     np.testing.assert_array_equal(mask[..., 0, 0], x.reshape(2, 3, -1).argmax(-1))
@@ -357,8 +349,8 @@ def test_pooling_follows_a_reshaped_net():
 def test_stochastic_pooling_test_phase_is_the_probability_weighted_average():
     x = np.random.default_rng(11).uniform(0, 2, (2, 2, 5, 6))
     x[0, 0, :3, :3] = 0  # an all-zero window: 0 / FLT_MIN = 0
-    layer = make("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }", [x.shape],
-                 phase=torchcaffe.TEST)
+    layer = make_layer("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }", x.shape,
+                       phase=torchcaffe.TEST)
     (top,), _, _ = run_layer(layer, x)
     oh, ow = pooled_sizes((5, 6), (3, 3), (2, 2), (0, 0))
     expected = np.zeros((2, 2, oh, ow))
@@ -373,7 +365,7 @@ def test_stochastic_pooling_train_samples_by_value_and_routes_the_gradient():
     torch.manual_seed(0)
     values = np.array([[0.0, 1.0], [3.0, 0.0]])  # window of 2x2: P = 1/4 and 3/4, zeros never
     x = np.tile(values, (4000, 1, 1, 1))
-    layer = make("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }", [x.shape])
+    layer = make_layer("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }", x.shape)
     (top,), (grad,), _ = run_layer(layer, x, top_grads=[np.ones((4000, 1, 1, 1))])
     assert set(np.unique(top)) <= {1.0, 3.0}
     assert abs((top == 3.0).mean() - 0.75) < 0.03
@@ -384,7 +376,7 @@ def test_stochastic_pooling_train_samples_by_value_and_routes_the_gradient():
     # A window with one non-zero element always gives it, even in the clipped last window.
     x = np.zeros((3, 1, 3, 3))
     x[:, 0, 2, 2] = 5.0
-    layer = make("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }", [x.shape])
+    layer = make_layer("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }", x.shape)
     (top,), _, _ = run_layer(layer, x)
     np.testing.assert_array_equal(top[:, 0, 1, 1], 5.0)
 
@@ -408,7 +400,7 @@ def spp_ref(x, levels, method):
 @pytest.mark.parametrize("levels", [1, 3])
 def test_spp_matches_pooled_levels(shape, method, levels):
     x = np.random.default_rng(12).standard_normal(shape)
-    layer = make("SPP", f"spp_param {{ pyramid_height: {levels} pool: {method} }}", [shape])
+    layer = make_layer("SPP", f"spp_param {{ pyramid_height: {levels} pool: {method} }}", shape)
     (top,), _, _ = run_layer(layer, x)
     expected = spp_ref(x, levels, method)
     assert top.shape == expected.shape

@@ -277,7 +277,7 @@ def test_torch_and_pycaffe_faces_agree():
     x, t = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
     loss = net.forward(x=x, t=t)["loss"]
     torch_loss = net(torch.from_numpy(x), torch.from_numpy(t))["loss"]
-    assert float(loss) == pytest.approx(float(torch_loss), rel=1e-6)
+    assert float(loss) == pytest.approx(torch_loss.item(), rel=1e-6)
 
 
 def test_input_written_in_place_is_what_forward_reads():

@@ -25,29 +25,21 @@ import numpy as np
 
 from torchcaffe.errors import ParseError
 from torchcaffe.io import wire
-from torchcaffe.io.weights import (
-    FieldProblem,
-    atomic_output_file,
-    blob_values,
-    decode_blobproto,
-    encode_blobproto,
-    is_hdf5_file,
-    read_file_bytes,
-    write_pieces,
-)
+from torchcaffe.io.files import atomic_output_file, read_file_bytes, write_pieces
+from torchcaffe.io.weights import (CORRUPT, blob_values, decode_blobproto_at, encode_blobproto, is_hdf5_file,
+                                   wire_problem)
 from torchcaffe.io.wire import LENGTH_DELIMITED, WireError
 
 __all__ = ["read_blobproto", "write_blobproto", "read_blobproto_vector", "write_blobproto_vector"]
 
 _VECTOR_BLOBS_FIELD = 1
-_CORRUPT = "the file is truncated or corrupt"
 
 
 def read_blobproto(path) -> np.ndarray:
     """The array stored in a binary ``BlobProto`` file (e.g. a mean file), in its stored shape."""
     path = os.fspath(path)
     buf = _read(path)
-    return _decode(buf, 0, len(buf), f"{path}").data
+    return decode_blobproto_at(buf, 0, len(buf), path, ParseError).data
 
 
 def read_blobproto_vector(path) -> list[np.ndarray]:
@@ -60,14 +52,14 @@ def read_blobproto_vector(path) -> list[np.ndarray]:
         try:
             field, wire_type, value, pos = wire.read_field(buf, pos, end)
         except WireError as err:
-            raise ParseError(f"{path}: blob {len(arrays)}: {err} — {_CORRUPT}") from None
+            raise ParseError(f"{path}: blob {len(arrays)}: {wire_problem(err)}") from None
         if field != _VECTOR_BLOBS_FIELD:
             continue
         if wire_type != LENGTH_DELIMITED:
             got = wire.WIRE_TYPE_NAMES.get(wire_type, wire_type)
             raise ParseError(f"{path}: blob {len(arrays)}: field blobs (1) has wire type {got}, "
-                             f"expected length-delimited — {_CORRUPT}")
-        arrays.append(_decode(buf, value[0], value[1], f"{path}: blob {len(arrays)}").data)
+                             f"expected length-delimited — {CORRUPT}")
+        arrays.append(decode_blobproto_at(buf, *value, f"{path}: blob {len(arrays)}", ParseError).data)
     return arrays
 
 
@@ -96,14 +88,3 @@ def _read(path: str):
     if is_hdf5_file(path):
         raise ParseError(f"{path}: is an HDF5 file, expected a binary BlobProto")
     return read_file_bytes(path, ParseError)
-
-
-def _decode(buf, start: int, end: int, place: str):
-    """Decode one BlobProto, turning its problems into a ParseError naming ``place``."""
-    try:
-        return decode_blobproto(buf, start, end)
-    except WireError as err:
-        raise ParseError(f"{place}: {err} — {_CORRUPT}") from None
-    except FieldProblem as err:
-        suffix = f" — {_CORRUPT}" if err.corrupt else ""
-        raise ParseError(f"{place}: {err.problem}{suffix}") from None

@@ -37,6 +37,7 @@ from google.protobuf import message as _message
 from google.protobuf import text_encoding, text_format
 
 from torchcaffe.errors import ParseError, layer_label
+from torchcaffe.io.files import open_for_reading
 from torchcaffe.io.upgrade import upgrade_net, upgrade_snapshot_prefix, upgrade_solver
 from torchcaffe.proto import caffe_pb2
 
@@ -520,15 +521,8 @@ def _load(path_or_text: PathOrText) -> tuple:
         raise TypeError(f"expected a path, prototxt text or bytes, "
                         f"got {type(path_or_text).__name__}")
     path = os.fspath(path_or_text)
-    try:
-        with open(path, "rb") as f:
-            return f.read(), path
-    except FileNotFoundError:
-        raise ParseError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ParseError(f"{path}: is a directory, not a net or solver file") from None
-    except OSError as err:
-        raise ParseError(f"{path}: cannot be read ({err.strerror})") from None
+    with open_for_reading(path, ParseError, expected="a net or solver file") as f:
+        return f.read(), path
 
 
 _BINARY_BYTES = re.compile(rb"[\x00-\x08\x0e-\x1f]")

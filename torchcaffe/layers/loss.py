@@ -40,6 +40,12 @@ def normalization_mode(param: caffe_pb2.LossParameter, unset: int) -> int:
     return unset
 
 
+def ignore_label_of(param: caffe_pb2.LossParameter) -> int | None:
+    """The label whose targets are skipped, or None: Caffe ignores a label only when
+    ``has_ignore_label()`` (the field's default 0 is not a label to skip)."""
+    return param.ignore_label if param.HasField("ignore_label") else None
+
+
 def normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor | None):
     """Caffe's ``get_normalizer``: the loss divisor, never below 1. ``valid`` marks the targets that
     count (None: all of them); VALID divides by their number."""
@@ -112,6 +118,20 @@ class LossLayer(Layer):
         self.check_batch(bottom_shapes)
         return [torch.Size(())]
 
+    def split_at_class_axis(self, bottom_shapes, axis: int, param_name: str) -> tuple[int, int, int]:
+        """``(outer, classes, inner)``: bottom 0 split at its class ``axis`` (``<param_name>.axis``).
+
+        Caffe's SoftmaxWithLoss and InfogainLoss ``Reshape`` check that bottom 1 holds one label
+        per prediction: ``outer * inner`` values, e.g. N*H*W labels for N x C x H x W scores.
+        """
+        x, label = bottom_shapes[0], bottom_shapes[1]
+        outer, classes, inner = _split_at(x, axis_index(self, axis, len(x), f"{param_name}.axis"))
+        if outer * inner != math.prod(label):
+            raise self.fail(f"bottom 1 (labels, shape {tuple(label)}) must hold one label per prediction: "
+                            f"{outer * inner} values for predictions of shape {tuple(x)} with {param_name} "
+                            f"axis {axis} (e.g. N*H*W labels for N x C x H x W scores)")
+        return outer, classes, inner
+
 
 def _loss_samples(params: str, shape, label_shape, classes: int, **kwargs) -> Sample:
     return Sample(params, bottoms=(shape, label_shape), values=(None, ("int", 0, classes)), **kwargs)
@@ -169,19 +189,14 @@ class SoftmaxWithLoss(LossLayer):
     def __init__(self, setup: LayerSetup):
         super().__init__(setup)
         p = setup.param.loss_param
-        self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+        self.ignore_label = ignore_label_of(p)
         self.normalization = normalization_mode(p, unset=p.normalization)
         self.axis = setup.param.softmax_param.axis
 
     def top_shapes(self, bottom_shapes):
         self.check_batch(bottom_shapes)
-        x, label = bottom_shapes[0], bottom_shapes[1]
-        outer, _, inner = _split_at(x, axis_index(self, self.axis, len(x), "softmax_param.axis"))
-        if outer * inner != math.prod(label):
-            raise self.fail(f"bottom 1 (labels, shape {tuple(label)}) must hold one label per prediction: "
-                            f"{outer * inner} values for predictions of shape {tuple(x)} with softmax_param "
-                            f"axis {self.axis} (e.g. N*H*W labels for N x C x H x W scores)")
-        return [torch.Size(())] + [x] * (self.num_tops - 1)
+        self.split_at_class_axis(bottom_shapes, self.axis, "softmax_param")
+        return [torch.Size(())] + [bottom_shapes[0]] * (self.num_tops - 1)
 
     def forward(self, x, label):
         axis = self.axis % x.dim()
@@ -286,7 +301,7 @@ class SigmoidCrossEntropyLoss(LossLayer):
     def __init__(self, setup: LayerSetup):
         super().__init__(setup)
         p = setup.param.loss_param
-        self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+        self.ignore_label = ignore_label_of(p)
         self.normalization = normalization_mode(p, unset=Norm.BATCH_SIZE)
 
     def top_shapes(self, bottom_shapes):
@@ -414,7 +429,7 @@ class InfogainLoss(LossLayer):
         if lp.HasField("normalize"):
             raise self.fail("loss_param.normalize is deprecated and InfogainLoss refuses it (as Caffe does); "
                             "use loss_param { normalization: VALID | BATCH_SIZE | FULL | NONE }")
-        self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
+        self.ignore_label = ignore_label_of(lp)
         self.normalization = lp.normalization
         self.axis = p.axis
         matrix = None
@@ -438,18 +453,13 @@ class InfogainLoss(LossLayer):
 
     def top_shapes(self, bottom_shapes):
         self.check_batch(bottom_shapes)
-        x, label = bottom_shapes[0], bottom_shapes[1]
-        outer, classes, inner = _split_at(x, axis_index(self, self.axis, len(x), "infogain_loss_param.axis"))
-        if outer * inner != math.prod(label):
-            raise self.fail(f"bottom 1 (labels, shape {tuple(label)}) must hold one label per prediction: "
-                            f"{outer * inner} values for predictions of shape {tuple(x)} with "
-                            f"infogain_loss_param axis {self.axis}")
+        _, classes, _ = self.split_at_class_axis(bottom_shapes, self.axis, "infogain_loss_param")
         h_count = math.prod(bottom_shapes[2]) if len(bottom_shapes) > 2 else self.infogain.numel()
         if h_count != classes * classes:
             where = "bottom 2" if len(bottom_shapes) > 2 else "infogain_loss_param.source"
             raise self.fail(f"the infogain matrix H ({where}) has {h_count} values; it must be "
                             f"{classes} x {classes} ({classes * classes} values) for {classes} classes")
-        return [torch.Size(())] + [x] * (self.num_tops - 1)
+        return [torch.Size(())] + [bottom_shapes[0]] * (self.num_tops - 1)
 
     def forward(self, x, label, infogain=None):
         axis = self.axis % x.dim()

@@ -325,6 +325,24 @@ class _Affine(Layer):
     max_bottoms = 2
     exact_tops = 1
 
+    def _add_operand(self, setup: LayerSetup, name: str, num_axes: int, filler) -> bool:
+        """Set up the operand ``name`` (``scale`` or ``bias``); returns whether it is bottom 1.
+
+        As in Caffe's Scale and Bias layers, bottom 1 (when given) must equal bottom 0's axes from
+        ``self.axis`` on; otherwise the operand is a learned blob of shape
+        ``x.shape[axis : axis + num_axes]`` filled by ``filler``.
+        """
+        shape = setup.bottom_shapes[0]
+        if len(setup.bottom_shapes) == 2:
+            _aligned_shape(self, setup.bottom_shapes[1], shape, self.axis, name)
+            return True
+        self.add_blob(name, _learned_shape(self, shape, self.axis, num_axes, name), filler)
+        return False
+
+    def _operand(self, name: str, x: torch.Tensor, bottoms: tuple) -> torch.Tensor:
+        """Bottom 1 when given, else the learned blob ``name``, shaped to broadcast against ``x``."""
+        return _broadcastable(self, bottoms[0] if bottoms else getattr(self, name), x, self.axis, name)
+
 
 @register_layer("Scale")
 class Scale(_Affine):
@@ -369,22 +387,17 @@ class Scale(_Affine):
     def __init__(self, setup: LayerSetup):
         super().__init__(setup)
         p = setup.param.scale_param
-        shape = setup.bottom_shapes[0]
         self.axis = p.axis
-        two_bottoms = len(setup.bottom_shapes) == 2
-        if two_bottoms:
-            _aligned_shape(self, setup.bottom_shapes[1], shape, self.axis, "scale")
-        else:
-            filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
-            self.add_blob("scale", _learned_shape(self, shape, p.axis, p.num_axes, "scale"), filler)
+        filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+        two_bottoms = self._add_operand(setup, "scale", p.num_axes, filler)
         self.bias_term = p.bias_term
         if p.bias_term:
             bias_axes = len(setup.bottom_shapes[1]) if two_bottoms else p.num_axes
-            self.add_blob("bias", _learned_shape(self, shape, p.axis, bias_axes, "scale"), p.bias_filler)
+            bias_shape = _learned_shape(self, setup.bottom_shapes[0], p.axis, bias_axes, "scale")
+            self.add_blob("bias", bias_shape, p.bias_filler)
 
     def forward(self, x, *scale_bottom):
-        scale = scale_bottom[0] if scale_bottom else self.scale
-        y = x * _broadcastable(self, scale, x, self.axis, "scale")
+        y = x * self._operand("scale", x, scale_bottom)
         if self.bias_term:
             y = y + _broadcastable(self, self.bias, x, self.axis, "scale")
         return y
@@ -423,13 +436,8 @@ class Bias(_Affine):
     def __init__(self, setup: LayerSetup):
         super().__init__(setup)
         p = setup.param.bias_param
-        shape = setup.bottom_shapes[0]
         self.axis = p.axis
-        if len(setup.bottom_shapes) == 2:
-            _aligned_shape(self, setup.bottom_shapes[1], shape, self.axis, "bias")
-        else:
-            self.add_blob("bias", _learned_shape(self, shape, p.axis, p.num_axes, "bias"), p.filler)
+        self._add_operand(setup, "bias", p.num_axes, p.filler)
 
     def forward(self, x, *bias_bottom):
-        bias = bias_bottom[0] if bias_bottom else self.bias
-        return x + _broadcastable(self, bias, x, self.axis, "bias")
+        return x + self._operand("bias", x, bias_bottom)

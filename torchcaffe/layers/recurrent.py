@@ -51,8 +51,8 @@ class RecurrentLayer(Layer):
     state_names: ClassVar[tuple[str, ...]] = ()
     #: Rows of the input transforms per hidden unit (LSTM: 4 gates).
     gate_count: ClassVar[int] = 1
-    #: The attribute of the static input's weight.
-    static_blob: ClassVar[str] = ""
+    #: Names of the input transform's blobs: weight, bias, static input's weight.
+    input_blobs: ClassVar[tuple[str, str, str]] = ("", "", "")
     min_bottoms = 2
     min_tops = 1
 
@@ -79,13 +79,23 @@ class RecurrentLayer(Layer):
         self.static_input = len(shapes) > 2 + self.num_exposed
         self.steps = shapes[0][0] if len(shapes[0]) else 0
         self._check_shapes(shapes)
-        rows = self.gate_count * self.num_output
-        input_dim = math.prod(shapes[0][2:])
-        static_dim = math.prod(shapes[2][1:]) if self.static_input else 0
-        self._add_blobs(p, rows, input_dim, static_dim)
+        self._add_input_blobs(p, shapes)
+        self._add_recurrent_blobs(p)
         self._state: tuple[torch.Tensor, ...] | None = None
 
-    def _add_blobs(self, p, rows: int, input_dim: int, static_dim: int) -> None:
+    def _add_input_blobs(self, p, shapes) -> None:
+        """The blobs Caffe's unrolled net creates first, for the input transform
+        ``W x_t + b [+ W_static x_static]``: W (G*H, D), b (G*H), [W_static (G*H, S)], where G is
+        ``gate_count``, D the size of x from axis 2 and S the size of x_static from axis 1."""
+        weight, bias, static = self.input_blobs
+        rows = self.gate_count * self.num_output
+        self.add_blob(weight, (rows, math.prod(shapes[0][2:])), p.weight_filler)
+        self.add_blob(bias, (rows,), p.bias_filler)
+        if self.static_input:
+            self.add_blob(static, (rows, math.prod(shapes[2][1:])), p.weight_filler)
+
+    def _add_recurrent_blobs(self, p) -> None:
+        """The blobs that follow the input transform's, in Caffe's order."""
         raise NotImplementedError
 
     # -- shapes ---------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ class RecurrentLayer(Layer):
         x_w, x_b = self.caffe_blobs()[:2]
         inputs = F.linear(x.flatten(2), x_w, x_b)  # every step at once: (T, N, G*H)
         if static is not None:
-            inputs = inputs + F.linear(static.flatten(1), getattr(self, self.static_blob))
+            inputs = inputs + F.linear(static.flatten(1), getattr(self, self.input_blobs[2]))
         top, final = self._unroll(inputs, cont, initial)
         if self.expose_hidden:  # their diffs are never read by Caffe: detach
             return (top, *(s.detach().unsqueeze(0) for s in final))
@@ -152,6 +162,42 @@ class RecurrentLayer(Layer):
 
     def _unroll(self, inputs, cont, initial):
         raise NotImplementedError
+
+
+_FILLERS = "weight_filler { type: 'gaussian' std: 0.6 } bias_filler { type: 'gaussian' std: 0.3 }"
+
+
+def recurrent_samples(state_count: int) -> tuple[Sample, ...]:
+    """The sample table of a recurrent layer with ``state_count`` states (RNN: 1, LSTM: 2).
+
+    With ``expose_hidden`` Caffe adds one bottom (initial state) and one top (final state) per
+    recurrent state; the other samples use the carried state and are the same for every layer.
+    """
+    def param(num_output: int, expose_hidden: bool = False) -> str:
+        exposed = " expose_hidden: true" if expose_hidden else ""
+        return f"recurrent_param {{ num_output: {num_output}{exposed} {_FILLERS} }}"
+
+    def exposed(num_output: int, x: tuple, static: tuple | None = None, note: str = "") -> Sample:
+        steps, n = x[:2]
+        statics = (static,) if static else ()
+        bottoms = (x, (steps, n), *statics, *[(1, n, num_output)] * state_count)
+        values = (None, BINARY, *[None] * len(statics), *[STATE] * state_count)
+        return Sample(param(num_output, expose_hidden=True), bottoms=bottoms, values=values,
+                      tops=1 + state_count, note=note)
+
+    return (
+        exposed(3, (4, 2, 3), note="expose_hidden: initial states in, final states out; resets mid-sequence"),
+        exposed(2, (5, 1, 3), note="batch 1, odd sizes"),
+        exposed(2, (3, 3, 2, 2), static=(3, 1, 2), note="static input (3-D), 4-D x, expose_hidden"),
+        Sample(param(3), bottoms=((3, 2, 3), (3, 2)), values=(None, ("choice_int", 0)),
+               note="every step starts a sequence: the carried state never matters"),
+        Sample(param(3), bottoms=((4, 2, 3), (4, 2)), values=(None, BINARY), gradcheck=False,
+               note="carried state: repeated forwards differ when cont_1 = 1, so no gradcheck"),
+        Sample(param(3), bottoms=((3, 2, 2, 2), (3, 2), (2, 3)), values=(None, BINARY, None), gradcheck=False,
+               note="static input, 4-D x, carried state"),
+        Sample("recurrent_param { num_output: 2 }", bottoms=((2, 1, 3), (2, 1)), values=(None, BINARY),
+               gradcheck=False, phase=TEST, note="default fillers (zeros), TEST phase"),
+    )
 
 
 @register_layer("RNN")
@@ -187,34 +233,12 @@ class RNN(RecurrentLayer):
     gate_count = 1
     max_bottoms = 4
     max_tops = 2
-    static_blob = "W_xh_static"
+    input_blobs = ("W_xh", "b_h", "W_xh_static")
 
-    _fill = "recurrent_param { num_output: 3 weight_filler { type: 'gaussian' std: 0.6 } " \
-            "bias_filler { type: 'gaussian' std: 0.3 } }"
-    _exposed = _fill.replace("num_output: 3", "num_output: 3 expose_hidden: true")
-    samples = (
-        Sample(_exposed, bottoms=((4, 2, 3), (4, 2), (1, 2, 3)), values=(None, BINARY, STATE), tops=2,
-               note="expose_hidden: h0 in, hT out; resets mid-sequence"),
-        Sample(_exposed.replace("num_output: 3", "num_output: 4"), bottoms=((5, 1, 2), (5, 1), (1, 1, 4)),
-               values=(None, BINARY, STATE), tops=2, note="batch 1, odd sizes"),
-        Sample(_exposed, bottoms=((3, 3, 2, 2), (3, 3), (3, 2), (1, 3, 3)),
-               values=(None, BINARY, None, STATE), tops=2, note="static input, 4-D x, expose_hidden"),
-        Sample(_fill, bottoms=((3, 2, 3), (3, 2)), values=(None, ("choice_int", 0)),
-               note="every step starts a sequence: the carried state never matters"),
-        Sample(_fill, bottoms=((4, 2, 3), (4, 2)), values=(None, BINARY), gradcheck=False,
-               note="carried state: repeated forwards differ when cont_1 = 1, so no gradcheck"),
-        Sample(_fill, bottoms=((3, 2, 2, 2), (3, 2), (2, 3)), values=(None, BINARY, None), gradcheck=False,
-               note="static input, 4-D x, carried state"),
-        Sample("recurrent_param { num_output: 2 }", bottoms=((2, 1, 3), (2, 1)), values=(None, BINARY),
-               gradcheck=False, phase=TEST, note="default fillers (zeros), TEST phase"),
-    )
+    samples = recurrent_samples(state_count=1)
 
-    def _add_blobs(self, p, rows, input_dim, static_dim):
+    def _add_recurrent_blobs(self, p):
         h = self.num_output
-        self.add_blob("W_xh", (h, input_dim), p.weight_filler)
-        self.add_blob("b_h", (h,), p.bias_filler)
-        if self.static_input:
-            self.add_blob("W_xh_static", (h, static_dim), p.weight_filler)
         self.add_blob("W_hh", (h, h), p.weight_filler)
         self.add_blob("W_ho", (h, h), p.weight_filler)
         self.add_blob("b_o", (h,), p.bias_filler)
@@ -264,34 +288,12 @@ class LSTM(RecurrentLayer):
     gate_count = 4
     max_bottoms = 5
     max_tops = 3
-    static_blob = "W_xc_static"
+    input_blobs = ("W_xc", "b_c", "W_xc_static")
 
-    _fill = RNN._fill
-    _exposed = RNN._exposed
-    samples = (
-        Sample(_exposed, bottoms=((4, 2, 3), (4, 2), (1, 2, 3), (1, 2, 3)),
-               values=(None, BINARY, STATE, STATE), tops=3, note="expose_hidden: h0, c0 in, hT, cT out"),
-        Sample(_exposed.replace("num_output: 3", "num_output: 2"), bottoms=((5, 1, 3), (5, 1), (1, 1, 2), (1, 1, 2)),
-               values=(None, BINARY, STATE, STATE), tops=3, note="batch 1, odd sizes"),
-        Sample(_exposed.replace("num_output: 3", "num_output: 2"),
-               bottoms=((3, 3, 2, 2), (3, 3), (3, 1, 2), (1, 3, 2), (1, 3, 2)),
-               values=(None, BINARY, None, STATE, STATE), tops=3, note="static input (3-D), 4-D x, expose_hidden"),
-        Sample(_fill, bottoms=((3, 2, 3), (3, 2)), values=(None, ("choice_int", 0)),
-               note="every step starts a sequence: the carried state never matters"),
-        Sample(_fill, bottoms=((4, 2, 3), (4, 2)), values=(None, BINARY), gradcheck=False,
-               note="carried state: repeated forwards differ when cont_1 = 1, so no gradcheck"),
-        Sample(_fill, bottoms=((3, 2, 2, 2), (3, 2), (2, 3)), values=(None, BINARY, None), gradcheck=False,
-               note="static input, 4-D x, carried state"),
-        Sample("recurrent_param { num_output: 2 }", bottoms=((2, 1, 3), (2, 1)), values=(None, BINARY),
-               gradcheck=False, phase=TEST, note="default fillers (zeros), TEST phase"),
-    )
+    samples = recurrent_samples(state_count=2)
 
-    def _add_blobs(self, p, rows, input_dim, static_dim):
-        self.add_blob("W_xc", (rows, input_dim), p.weight_filler)
-        self.add_blob("b_c", (rows,), p.bias_filler)
-        if self.static_input:
-            self.add_blob("W_xc_static", (rows, static_dim), p.weight_filler)
-        self.add_blob("W_hc", (rows, self.num_output), p.weight_filler)
+    def _add_recurrent_blobs(self, p):
+        self.add_blob("W_hc", (self.gate_count * self.num_output, self.num_output), p.weight_filler)
 
     def _unroll(self, inputs, cont, initial):
         h, c = initial
