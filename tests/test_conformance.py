@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import torchcaffe
 
@@ -68,7 +69,7 @@ def check_declared_blobs_present(case: dict, data, k: int) -> None:
     assert not missing, f"case data lacks outputs for {missing}"
 
 
-def replay(case_dir: Path, tmp_path: Path) -> None:
+def replay(case_dir: Path, tmp_path: Path, device: str = "cpu") -> None:
     case = json.loads((case_dir / "case.json").read_text())
     data = np.load(case_dir / "data.npz")
     net_file = case_dir / (case.get("net_file") or "net.prototxt")
@@ -76,6 +77,7 @@ def replay(case_dir: Path, tmp_path: Path) -> None:
     net = torchcaffe.Net(str(net_file), phase, level=case["level"], stages=case["stages"])
     if case.get("weights"):
         net.copy_from(str(case_dir / case["weights"]))
+    net.to(device)
     for key in (k for k in data.files if k.startswith("init/")):
         _, layer, i = key.split("/")
         compare(key, net.params[layer][int(i)].data, data[key], case)
@@ -97,7 +99,7 @@ def replay(case_dir: Path, tmp_path: Path) -> None:
         weights = tmp_path / "trained.caffemodel"
         net.save(str(weights))
         test_net = torchcaffe.Net(str(net_file), torchcaffe.TEST, level=case["level"], stages=case["stages"],
-                                  weights=str(weights))
+                                  weights=str(weights)).to(device)
         for key in (f for f in data.files if f.startswith("test/in/")):
             set_blob(test_net, key.split("/", 2)[2], data[key])
         test_net.forward()
@@ -118,6 +120,15 @@ def test_cases_are_present():
                                   if n in XFAIL else n for n in CASES])
 def test_conformance_case(name, tmp_path):
     replay(CASES_DIR / name, tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU replay runs where one is")
+@requires_shared
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=Exception))
+                                  if n in XFAIL else n for n in CASES])
+def test_conformance_case_on_cuda(name, tmp_path):
+    """The same replay with the net on the GPU: numpy views are host mirrors kept coherent."""
+    replay(CASES_DIR / name, tmp_path, device="cuda")
 
 
 WITH_WEIGHTS = [n for n in CASES if json.loads((CASES_DIR / n / "case.json").read_text()).get("weights")]

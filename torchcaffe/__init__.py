@@ -8,9 +8,9 @@
 """
 from .errors import CaffeError, NetError, ParseError, WeightsError
 from .layers import Layer, layer_type_list, register_layer
-from .net.net import TEST, TRAIN, Net
+from .net.net import TEST, TRAIN, Net, allow_tf32
 
 __version__ = "0.1.0"
 
-__all__ = ["Net", "TRAIN", "TEST", "Layer", "register_layer", "layer_type_list", "CaffeError",
+__all__ = ["Net", "TRAIN", "TEST", "allow_tf32", "Layer", "register_layer", "layer_type_list", "CaffeError",
            "NetError", "ParseError", "WeightsError"]

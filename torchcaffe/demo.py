@@ -29,13 +29,15 @@ def fill_inputs(net: torchcaffe.Net, rng: np.random.Generator) -> None:
 
 
 def describe(net: torchcaffe.Net) -> None:
-    print(f"{'blob':<10} {'shape':<20} {'|data| mean':>12} {'|diff| mean':>12}")
+    width = max(len(name) for name in net.blobs) + 2
+    print(f"{'blob':<{width}} {'shape':<20} {'|data| mean':>12} {'|diff| mean':>12}")
     for name, blob in net.blobs.items():
-        print(f"{name:<10} {str(blob.shape):<20} {np.abs(blob.data).mean():>12.5f} {np.abs(blob.diff).mean():>12.3e}")
-    print(f"\n{'param':<12} {'shape':<20} {'|diff| mean':>12}")
+        print(f"{name:<{width}} {str(blob.shape):<20} {np.abs(blob.data).mean():>12.5f} "
+              f"{np.abs(blob.diff).mean():>12.3e}")
+    print(f"\n{'param':<{width}} {'shape':<20} {'|diff| mean':>12}")
     for layer, blobs in net.params.items():
         for i, blob in enumerate(blobs):
-            print(f"{layer + '/' + str(i):<12} {str(blob.shape):<20} {np.abs(blob.diff).mean():>12.3e}")
+            print(f"{layer + '/' + str(i):<{width}} {str(blob.shape):<20} {np.abs(blob.diff).mean():>12.3e}")
 
 
 def main(argv: list[str] | None = None) -> int:

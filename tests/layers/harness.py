@@ -5,6 +5,7 @@ helpers at the end of this file.
 """
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
@@ -16,6 +17,9 @@ import torchcaffe
 from torchcaffe.errors import NetError
 from torchcaffe.layers import LayerSetup, Sample, layer_class
 from torchcaffe.proto import caffe_pb2
+
+#: Where the generic tests run the layers: ``TORCHCAFFE_TEST_DEVICE=cuda`` runs them on a GPU.
+DEVICE = os.environ.get("TORCHCAFFE_TEST_DEVICE", "cpu")
 
 
 def bottom_names(sample: Sample) -> list[str]:
@@ -119,7 +123,7 @@ def bottom_values(type_name: str, sample: Sample, index: int = 0) -> dict[str, n
 def build(type_name: str, sample: Sample, seed: int = 0, **kwargs) -> torchcaffe.Net:
     param = net_param(type_name, sample, **kwargs)
     torch.manual_seed(seed)
-    return torchcaffe.Net(param, sample.phase)
+    return torchcaffe.Net(param, sample.phase).to(DEVICE)
 
 
 def run(net: torchcaffe.Net, values: dict[str, np.ndarray], seed: int = 1, backward: bool = True):

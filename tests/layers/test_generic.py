@@ -13,7 +13,7 @@ import torch
 
 from torchcaffe.layers import layer_class, registered_layers
 
-from .harness import bottom_values, build, differentiable_bottoms, run, top_count
+from .harness import DEVICE, bottom_values, build, differentiable_bottoms, run, top_count
 
 CASES = [(name, i, sample) for name, cls in sorted(registered_layers().items())
          for i, sample in enumerate(cls.samples)]
@@ -58,7 +58,7 @@ def test_gradcheck_float64(type_name, index, sample):
     values = bottom_values(type_name, sample, index)
     grad_bottoms = set(differentiable_bottoms(sample))
     names = list(values)
-    tensors = [torch.tensor(values[n], dtype=torch.float64, requires_grad=i in grad_bottoms)
+    tensors = [torch.tensor(values[n], dtype=torch.float64, device=DEVICE, requires_grad=i in grad_bottoms)
                for i, n in enumerate(names)]
     params = {k: p for k, p in net.named_parameters() if p.requires_grad}
     param_names = list(params)

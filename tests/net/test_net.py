@@ -370,3 +370,18 @@ def test_legacy_constructor_and_weights_keyword(tmp_path):
     assert a.phase == b.phase == torchcaffe.TEST
     np.testing.assert_array_equal(a.params["ip1"][0].data, net.params["ip1"][0].data)
     np.testing.assert_array_equal(b.params["ip1"][0].data, net.params["ip1"][0].data)
+
+
+def test_host_mirrors_behave_like_caffes_synced_memory():
+    """The GPU path of blob views, exercised on CPU tensors (CI has no GPU)."""
+    from torchcaffe.net.blob import host_mirror, sync_host_mirrors
+    x = torch.zeros(2, 3)
+    y = x.detach().requires_grad_()
+    saved = y * 2  # autograd keeps y: a numpy write must not break its version check
+    mirror = host_mirror(x)
+    assert host_mirror(x) is mirror and not np.shares_memory(mirror, x.numpy())
+    mirror[...] = 5
+    assert float(x.sum()) == 0  # not yet on the "device"
+    sync_host_mirrors()
+    assert (x == 5).all() and host_mirror(x) is not mirror
+    saved.sum().backward()

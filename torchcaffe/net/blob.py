@@ -4,9 +4,15 @@
 views a layer's parameter (its diff is the parameter's ``.grad``). On the CPU the arrays share
 memory with the tensors, so ``net.blobs['data'].data[...] = x`` changes what the next forward
 reads. Shapes follow Caffe: ``num/channels/height/width`` index the legacy 4-D view.
+
+On a GPU the array is a host mirror, kept coherent the way Caffe's SyncedMemory keeps its two
+copies: reading a blob copies the device values to the host once; whatever is written into that
+array goes back to the device before the net next runs (``sync_host_mirrors``), after which a
+fresh read copies again.
 """
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,15 +21,38 @@ import torch
 if TYPE_CHECKING:
     from .net import Net
 
+#: Host mirrors of device tensors handed out since the last sync: id -> (tensor ref, array).
+_MIRRORS: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A numpy array sharing memory with a CPU tensor (a copy for other devices)."""
-    tensor = tensor.detach()
-    if tensor.device.type != "cpu":
-        array = tensor.cpu().numpy()
-        array.flags.writeable = False  # a copy: writing to it could not reach the device
-        return array
-    return tensor.numpy()
+    """A numpy array sharing memory with a CPU tensor, or the host mirror of a device tensor."""
+    if tensor.device.type == "cpu":
+        return tensor.detach().numpy()
+    return host_mirror(tensor)
+
+
+def host_mirror(tensor: torch.Tensor) -> np.ndarray:
+    """The host copy of ``tensor`` handed out since the last sync (made on first request)."""
+    entry = _MIRRORS.get(id(tensor))
+    if entry is not None and entry[0]() is tensor:
+        return entry[1]
+    array = tensor.detach().to("cpu", copy=True).numpy()
+    _MIRRORS[id(tensor)] = (weakref.ref(tensor), array)
+    return array
+
+
+def sync_host_mirrors() -> None:
+    """Copy every host mirror back to its device tensor and forget it (Caffe's to_gpu())."""
+    if not _MIRRORS:
+        return
+    with torch.no_grad():
+        for ref, array in _MIRRORS.values():
+            tensor = ref()
+            if tensor is not None and tuple(tensor.shape) == array.shape:
+                # through .data, like a numpy write on the CPU: autograd's version counter stays
+                tensor.data.copy_(torch.from_numpy(array), non_blocking=True)
+    _MIRRORS.clear()
 
 
 class _BlobShape:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from ..errors import CaffeError, NetError, WeightsError
 from ..io.prototxt import read_net
 from ..io.weights import read_weights, write_caffemodel, write_caffemodel_h5
 from ..proto import caffe_pb2
-from .blob import Blob, ParamBlob, as_numpy
+from .blob import Blob, ParamBlob, as_numpy, sync_host_mirrors
 from .graph import ANONYMOUS_TOP, build_graph
 from .inplace import CaffeInPlace, needs_inplace_quirk
 from .shapes import infer_top_shapes
@@ -157,6 +157,7 @@ class Net(nn.Module):
         return diff
 
     def _reshape_blob(self, name: str, shape: tuple[int, ...]) -> None:
+        sync_host_mirrors()
         self._shapes[name] = torch.Size(shape)
         self._data[name] = self._anchor.new_zeros(shape)
         self._diff.pop(name, None)
@@ -181,10 +182,13 @@ class Net(nn.Module):
         self._vals = None
 
     def _apply(self, fn, recurse=True):
+        sync_host_mirrors()
         super()._apply(fn, recurse)
         self._data = {k: fn(v) for k, v in self._data.items()}
         self._diff = {k: fn(v) for k, v in self._diff.items()}
         self._vals = None
+        if self._anchor.is_cuda:
+            keep_ieee_float32()
         return self
 
     # -- forward -------------------------------------------------------------------------------
@@ -207,6 +211,7 @@ class Net(nn.Module):
         are copied into the input blobs, layers ``start``..``end`` run, every blob keeps its value,
         and a dict of numpy arrays comes back (the outputs, or the tops of ``end``, plus ``blobs``).
         """
+        sync_host_mirrors()
         if self._torch_call or args or any(isinstance(v, torch.Tensor) for v in kwargs.values()):
             if blobs is not None or start is not None or end is not None:
                 raise TypeError("blobs/start/end are pycaffe arguments; they take numpy inputs, not tensors")
@@ -317,6 +322,7 @@ class Net(nn.Module):
         Parameter diffs accumulate until ``clear_param_diffs``; blob diffs are overwritten."""
         if start is not None or end is not None:
             raise NotImplementedError("backward(start=..., end=...) is not supported yet")
+        sync_host_mirrors()
         for name, value in kwargs.items():
             if name not in self.outputs:
                 raise NetError(f"{name!r} is not an output blob of the net; outputs are {self.outputs}")
@@ -332,20 +338,19 @@ class Net(nn.Module):
 
     def _backward_all(self, vals: list) -> None:
         seeds, seed_grads = self._backward_seeds(vals)
-        blob_targets = [(name, vals[slot]) for name, slot in self._diff_slot.items()]
-        param_targets = self._backward_params()
-        inputs = [t for _, t in blob_targets if t is not None and t.requires_grad] + param_targets
-        grads: Iterable = ()
-        if seeds and inputs:
-            grads = torch.autograd.grad(seeds, inputs, seed_grads, allow_unused=True, retain_graph=True)
-        grads = iter(grads)
+        blobs = {name: vals[slot] for name, slot in self._diff_slot.items()}
+        reachable = {name: t for name, t in blobs.items() if t is not None and t.requires_grad}
+        params = self._backward_params()
+        targets = list(reachable.values()) + params
+        grads: Sequence = [None] * len(targets)
+        if seeds and targets:
+            grads = torch.autograd.grad(seeds, targets, seed_grads, allow_unused=True, retain_graph=True)
+        blob_grads = dict(zip(reachable, grads))
         with torch.no_grad():
-            for name, tensor in blob_targets:
-                grad = next(grads, None) if tensor is not None and tensor.requires_grad and seeds else None
-                diff = self._blob_diff(name)
+            for name in blobs:  # Caffe writes these diffs, zeros where no gradient arrives
+                grad, diff = blob_grads.get(name), self._blob_diff(name)
                 diff.copy_(grad) if grad is not None else diff.zero_()
-            for param in param_targets:
-                grad = next(grads, None) if seeds else None
+            for param, grad in zip(params, grads[len(reachable):]):  # parameter diffs accumulate
                 if grad is None:
                     continue
                 if param.grad is None:
@@ -359,14 +364,14 @@ class Net(nn.Module):
         for node in self._graph.nodes:
             if not node.need_backward:
                 continue
-            for name, slot in zip(node.tops, node.top_slots):
+            for j, (name, slot) in enumerate(zip(node.tops, node.top_slots)):
                 tensor = vals[slot]
                 if slot in self._active or tensor is None or not tensor.requires_grad:
                     continue
-                diff = self._blob_diff(name) if name != ANONYMOUS_TOP else None
-                if name == ANONYMOUS_TOP:
-                    weight = node.loss_weights[node.top_slots.index(slot)]
-                    diff = torch.full_like(tensor, weight)
+                if name == ANONYMOUS_TOP:  # no blob to hold it: its diff is its loss weight
+                    diff = torch.full_like(tensor, node.loss_weights[j])
+                else:
+                    diff = self._blob_diff(name)
                 if diff.shape == tensor.shape and bool(diff.any()):
                     seeds.append(tensor)
                     grads.append(diff)
@@ -386,6 +391,7 @@ class Net(nn.Module):
 
     def clear_param_diffs(self) -> None:
         """Zero every parameter's diff (Caffe's ``ClearParamDiffs``)."""
+        sync_host_mirrors()
         for param in self.parameters():
             if param.grad is not None:
                 param.grad.zero_()
@@ -396,6 +402,7 @@ class Net(nn.Module):
         ``CopyTrainedLayersFrom``): source layers the net lacks are skipped with one log line;
         a blob count or shape that differs is an error naming the layer, blob and both shapes."""
         path = os.fspath(path)
+        sync_host_mirrors()
         index = {}
         for i, name in enumerate(self._layer_names):
             index.setdefault(name, i)
@@ -421,6 +428,7 @@ class Net(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the net's layers and blobs as a binary ``.caffemodel`` (Caffe's ``Net::ToProto``)."""
+        sync_host_mirrors()
         param = caffe_pb2.NetParameter(name=self.name)
         for node in self._graph.nodes:
             layer = param.layer.add()
@@ -431,6 +439,7 @@ class Net(nn.Module):
 
     def save_hdf5(self, path: str | os.PathLike) -> None:
         """Write the blobs in Caffe's HDF5 layout; shared parameters are stored once, by their owner."""
+        sync_host_mirrors()
         owned = {(e.layer, e.blob) for e in self._graph.params if e.owner == -1}
         layers = []
         for node in self._graph.nodes:
@@ -451,6 +460,23 @@ class Net(nn.Module):
     def __repr__(self) -> str:
         return f"<torchcaffe.Net {self.name!r}: {len(self._graph.nodes)} layers, phase " \
                f"{caffe_pb2.Phase.Name(self.phase)}, inputs {self.inputs}, outputs {self.outputs}>"
+
+
+_TF32 = {"allowed": False}
+
+
+def allow_tf32(allowed: bool = True) -> None:
+    """Let cuDNN convolutions use TF32 on GPUs that have it: faster, but no longer Caffe's float32
+    numbers (about 1e-3 relative error instead of 1e-7). Off by default."""
+    _TF32["allowed"] = bool(allowed)
+    torch.backends.cudnn.allow_tf32 = bool(allowed)
+
+
+def keep_ieee_float32() -> None:
+    """Caffe computes in IEEE float32; PyTorch lets cuDNN convolutions use TF32 by default. A net
+    moved to a GPU turns that off (process-wide, as the flag is) unless ``allow_tf32`` said yes."""
+    if not _TF32["allowed"]:
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def _net_arguments(args, phase, level, stages, weights):
