@@ -7,10 +7,15 @@
     out = net.forward()
 """
 from .errors import CaffeError, NetError, ParseError, WeightsError
-from .layers import Layer, layer_type_list, register_layer
+from .layers import layer_type_list, register_layer
+from .layers.python import PythonLayer as Layer
+from .layers.python import TorchLayer
 from .net.net import TEST, TRAIN, Net, allow_tf32
+from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
+                      get_solver, renorm)
 
 __version__ = "0.1.0"
 
-__all__ = ["Net", "TRAIN", "TEST", "allow_tf32", "Layer", "register_layer", "layer_type_list", "CaffeError",
-           "NetError", "ParseError", "WeightsError"]
+__all__ = ["Net", "TRAIN", "TEST", "allow_tf32", "Layer", "TorchLayer", "register_layer", "layer_type_list", "CaffeError",
+           "NetError", "ParseError", "WeightsError", "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver",
+           "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "renorm"]

@@ -343,6 +343,61 @@ def test_v1_rules_loss_weights_blobs_and_params_are_copied():
     assert threshold.threshold_param.threshold == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("enum_name, type_string", [
+    ("IMAGE_SEG_DATA", "ImageSegData"), ("SEG_ACCURACY", "SegAccuracy"), ("INTERP", "Interp"),
+    ("MAT_WRITE", "MatWrite"), ("MAT_READ", "MatRead"), ("DENSE_CRF", "DenseCRF"),
+    ("BIAS_CHANNEL", "BiasChannel"), ("UNIQUE_LABEL", "UniqueLabel"),
+    ("ADAPTIVE_BIAS_CHANNEL", "AdaptiveBiasChannel"), ("PADDING", "Padding"),
+    ("DOMINANT_CHANNEL", "DominantChannel")])
+def test_deeplab_v1_type_strings(enum_name, type_string):
+    assert V1_LAYER_TYPE_NAMES[enum_name] == type_string
+
+
+def test_deeplab_v1_layers_keep_their_params():
+    text = """
+    layers { name: "data" type: IMAGE_SEG_DATA top: "data" top: "label"
+             image_data_param { source: "list.txt" label_type: PIXEL has_label: true }
+             transform_param { crop_size: 321 } }
+    layers { name: "i" type: INTERP bottom: "label" top: "s" interp_param { shrink_factor: 8 } }
+    layers { name: "c" type: CONVOLUTION bottom: "data" top: "c" strict_dim: false
+             convolution_param { num_output: 2 kernel_size: 3 hole: 12 } }
+    layers { name: "crf" type: DENSE_CRF bottom: "c" top: "crf"
+             dense_crf_param { max_iter: 10 pos_w: 3 } }
+    layers { name: "w" type: MAT_WRITE bottom: "crf" mat_write_param { prefix: "out/" } }
+    layers { name: "a" type: SEG_ACCURACY bottom: "c" bottom: "s" top: "acc"
+             seg_accuracy_param { ignore_label: 255 } }
+    """
+    data, interp, conv, crf, write, acc = upgraded(text).layer
+    assert data.type == "ImageSegData" and data.transform_param.crop_size == 321
+    assert data.image_data_param.label_type == caffe_pb2.ImageDataParameter.PIXEL
+    assert interp.interp_param.shrink_factor == 8
+    assert conv.convolution_param.hole == 12  # strict_dim has no current-format field
+    assert crf.dense_crf_param.max_iter == 10 and list(crf.dense_crf_param.pos_w) == [3]
+    assert write.type == "MatWrite" and write.mat_write_param.prefix == "out/"
+    assert list(acc.seg_accuracy_param.ignore_label) == [255]
+
+
+def test_deeplab_v1_strict_dim_is_dropped_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="torchcaffe"):
+        result = upgraded('layers { name: "c" type: CONVOLUTION strict_dim: false }')
+    assert result.layer[0].type == "Convolution"
+    assert 'layer "c" (CONVOLUTION)' in caplog.text and "strict_dim" in caplog.text
+
+
+@pytest.mark.parametrize("params, ignore_label", [
+    ("softmaxloss_param { ignore_label: 255 }", 255),
+    ("softmaxloss_param { ignore_label: 255 } loss_param { ignore_label: 7 }", 7),
+    ("softmaxloss_param { ignore_label: 1 ignore_label: 2 }", None),
+    ('softmaxloss_param { weight_source: "w.txt" }', None)])
+def test_deeplab_v1_softmaxloss_param(params, ignore_label):
+    (loss,) = upgraded(f'layers {{ name: "l" type: SOFTMAX_LOSS {params} }}').layer
+    assert loss.HasField("softmaxloss_param")  # kept as it is
+    if ignore_label is None:
+        assert not loss.loss_param.HasField("ignore_label")
+    else:
+        assert loss.loss_param.ignore_label == ignore_label
+
+
 def test_v1_empty_param_message_is_kept():
     result = upgraded('layers { name: "r" type: RELU relu_param { } }')
     assert result.layer[0].HasField("relu_param")

@@ -200,7 +200,7 @@ def test_writer_ignores_blobs_already_in_net_param(tmp_path):
 def test_layer_unknown_fields_are_kept_in_place(tmp_path):
     """Unknown fields come after known ones in protobuf's output; blobs still go at field 7."""
     layer = caffe_pb2.LayerParameter(name="f", type="Fork")
-    layer.MergeFromString(field(8266711, b"fork stuff"))
+    layer.MergeFromString(field(9999999, b"fork stuff"))  # a number no schema field has
     net = caffe_pb2.NetParameter()
     net.layer.append(layer)
     path = str(tmp_path / "m.caffemodel")

@@ -295,30 +295,12 @@ def _short(full_name: str) -> str:
     return full_name.rsplit(".", 1)[-1]
 
 
-# Field and enum names that Caffe forks added and BVLC Caffe's schema lacks, with the fork: an
-# error about one of them says so rather than suggest a look-alike BVLC name.
-_FORK_NAMES = {
-    "roi_pooling_param": "Faster R-CNN", "smooth_l1_loss_param": "Faster R-CNN",
-    "psroi_pooling_param": "R-FCN",
-    "annotated_data_param": "SSD", "detection_output_param": "SSD",
-    "detection_evaluate_param": "SSD", "multibox_loss_param": "SSD", "norm_param": "SSD",
-    "permute_param": "SSD", "prior_box_param": "SSD", "save_output_param": "SSD",
-    "resize_param": "SSD", "distort_param": "SSD", "expand_param": "SSD",
-    "noise_param": "SSD", "emit_constraint": "SSD", "eval_type": "SSD", "ap_version": "SSD",
-    "show_per_class_result": "SSD",
-    "interp_param": "DeepLab/PSPNet", "INTERP": "DeepLab", "IMAGE_SEG_DATA": "DeepLab",
-    "SEG_ACCURACY": "DeepLab", "DENSE_CRF": "DeepLab", "MAT_WRITE": "DeepLab",
-    "dense_crf_param": "DeepLab", "mat_write_param": "DeepLab", "seg_accuracy_param": "DeepLab",
-    "image_seg_data_param": "DeepLab", "hole": "DeepLab",
-    "ceil_mode": "various",
-}
-
-
 def _did_you_mean(word: str, choices) -> str:
-    """A hint for an unknown name: the fork it comes from, or the closest of ``choices``."""
-    if word in _FORK_NAMES:
-        return (f" — {word} comes from a Caffe fork ({_FORK_NAMES[word]}), not from BVLC "
-                f"Caffe, and torchcaffe's schema does not have it")
+    """A hint for an unknown name: the closest of ``choices``, if any is close.
+
+    The schema holds the fields of the common Caffe forks too (docs/schema.md), so an unknown
+    name is a misspelling or a field of a fork we do not cover.
+    """
     choices = list(choices)
     by_case = [c for c in choices if c.lower() == word.lower()]
     close = by_case or difflib.get_close_matches(word, choices, n=1, cutoff=0.75)

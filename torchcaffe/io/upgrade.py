@@ -469,13 +469,26 @@ V1_LAYER_TYPE_NAMES = {
     "TANH": "TanH",
     "WINDOW_DATA": "WindowData",
     "THRESHOLD": "Threshold",
+    # DeepLab v1's layer types, as DeepLab v2 registers them (PADDING and DOMINANT_CHANNEL
+    # have no DeepLab v2 layer; their strings follow the v1 class names).
+    "IMAGE_SEG_DATA": "ImageSegData",
+    "SEG_ACCURACY": "SegAccuracy",
+    "INTERP": "Interp",
+    "PADDING": "Padding",
+    "MAT_WRITE": "MatWrite",
+    "MAT_READ": "MatRead",
+    "DENSE_CRF": "DenseCRF",
+    "DOMINANT_CHANNEL": "DominantChannel",
+    "BIAS_CHANNEL": "BiasChannel",
+    "UNIQUE_LABEL": "UniqueLabel",
+    "ADAPTIVE_BIAS_CHANNEL": "AdaptiveBiasChannel",
 }
 
 # V1 fields that upgrade_v1_layer_parameter handles one by one; every other set field must be
 # a *_param message with a same-named, same-typed field in LayerParameter.
 _V1_SPECIAL_FIELDS = frozenset({
     "bottom", "top", "name", "include", "exclude", "type", "blobs", "param",
-    "blob_share_mode", "blobs_lr", "weight_decay", "loss_weight", "layer"})
+    "blob_share_mode", "blobs_lr", "weight_decay", "loss_weight", "layer", "strict_dim"})
 
 
 def net_needs_v1_to_v2_upgrade(param: NetParameter) -> bool:
@@ -509,6 +522,12 @@ def upgrade_v1_layer_parameter(entry: V1LayerParameter, source: str = "",
     ``*_param`` message is copied to the same field. A V1 field with no such counterpart raises
     ``NetError`` naming the layer (Caffe would drop it silently). A wrapped V0 ``layer`` is
     ignored with a warning, as in Caffe (``upgrade_net`` upgrades V0 first, so it has none).
+
+    DeepLab v1 fields: its ``*_param`` messages are copied like BVLC's (the schema has them in
+    both formats); ``softmaxloss_param`` is copied too, and its one ``ignore_label`` (if it
+    has exactly one) also becomes ``loss_param.ignore_label`` unless that is set, so that
+    SoftmaxWithLoss ignores it; ``strict_dim`` (a weight-loading switch with no current-format
+    field) is dropped with a warning.
     """
     out = caffe_pb2.LayerParameter()
     label = _v1_label(entry, index)
@@ -529,6 +548,13 @@ def upgrade_v1_layer_parameter(entry: V1LayerParameter, source: str = "",
     for fd, value in entry.ListFields():
         if fd.name not in _V1_SPECIAL_FIELDS:
             _copy_v1_layer_param(fd, value, out, source, label)
+    if entry.HasField("softmaxloss_param"):
+        ignore = entry.softmaxloss_param.ignore_label
+        if len(ignore) == 1 and not out.loss_param.HasField("ignore_label"):
+            out.loss_param.ignore_label = ignore[0]
+    if entry.HasField("strict_dim"):
+        _log.warning("%s%s: DeepLab's 'strict_dim' has no current-format field; dropped",
+                     _prefix(source), label)
     if entry.HasField("layer"):
         _log.warning("%s%s: has a V0 'layer' inside a V1 layer; ignored (as Caffe does)",
                      _prefix(source), label)

@@ -52,6 +52,7 @@ class LayerSetup:
     phase: int = TRAIN
     source: str = ""  # the file the layer came from, for error messages
     num_tops: int = -1  # -1: as many as the prototxt names
+    allow_python: bool = True  # False: Python layers are refused (Net(allow_python_layers=False))
 
     def __post_init__(self):
         if self.num_tops < 0:

@@ -147,9 +147,15 @@ class SoftmaxWithLoss(LossLayer):
     / normalizer``. Gradient: ``(p - onehot(label)) * loss_weight / normalizer``, zero at ignored
     positions — also where ``p < FLT_MIN``: Caffe's backward ignores the floor, and so do we.
 
-    Parameters: ``loss_param { ignore_label (unset) normalization (VALID) normalize (deprecated) }``,
-    ``softmax_param { axis (1) }``. ``normalize`` is used only when ``normalization`` is unset:
-    false means BATCH_SIZE, true VALID.
+    Parameters: ``loss_param { ignore_label (unset) normalization (VALID) normalize (deprecated)
+    weight_by_label_freqs (false) class_weighting (repeated) }``, ``softmax_param { axis (1) }``.
+    ``normalize`` is used only when ``normalization`` is unset: false means BATCH_SIZE, true VALID.
+
+    SegNet's class weighting (alexgkendall/caffe-segnet): with ``weight_by_label_freqs: true``,
+    ``class_weighting`` must give one weight per class and each target's loss and gradient are
+    multiplied by the weight of its label; the divisor is unchanged (the count of non-ignored
+    targets under VALID, not the sum of their weights). ``class_weighting`` without
+    ``weight_by_label_freqs`` is ignored, as in the fork.
 
     Shapes: (outer, C, inner...), labels with outer * inner values -> () [, probabilities like
     bottom 0]. The optional second top holds ``p``; Caffe never back-propagates from it (its diff
@@ -184,6 +190,11 @@ class SoftmaxWithLoss(LossLayer):
                note="every label ignored: normalizer max(1, 0) = 1, loss 0"),
         Sample("loss_weight: 1 loss_weight: 0", bottoms=((3, 5), (3,)), values=(None, ("int", 0, 5)), tops=2,
                note="second top: the probabilities"),
+        _loss_samples("loss_param { weight_by_label_freqs: true class_weighting: 0.5 class_weighting: 2 "
+                      "class_weighting: 1.25 ignore_label: 1 }", (2, 3, 2, 2), (2, 1, 2, 2), 3,
+                      note="SegNet class weighting, VALID divisor"),
+        _loss_samples("loss_param { weight_by_label_freqs: true class_weighting: 3 class_weighting: 0.2 "
+                      "normalize: false }", (4, 2), (4,), 2, note="SegNet class weighting, normalize: false"),
     )
 
     def __init__(self, setup: LayerSetup):
@@ -192,10 +203,18 @@ class SoftmaxWithLoss(LossLayer):
         self.ignore_label = ignore_label_of(p)
         self.normalization = normalization_mode(p, unset=p.normalization)
         self.axis = setup.param.softmax_param.axis
+        # SegNet: a weight per class, used only with weight_by_label_freqs (as the fork does)
+        weights = list(p.class_weighting) if p.weight_by_label_freqs else None
+        self.register_buffer("class_weights", None if weights is None else torch.tensor(weights), persistent=False)
+        if weights is not None:
+            self.top_shapes(setup.bottom_shapes)  # the fork checks the weight count at set-up
 
     def top_shapes(self, bottom_shapes):
         self.check_batch(bottom_shapes)
-        self.split_at_class_axis(bottom_shapes, self.axis, "softmax_param")
+        _, classes, _ = self.split_at_class_axis(bottom_shapes, self.axis, "softmax_param")
+        if self.class_weights is not None and len(self.class_weights) != classes:
+            raise self.fail(f"loss_param class_weighting gives {len(self.class_weights)} weight(s) but bottom 0 has "
+                            f"{classes} classes: with weight_by_label_freqs give one class_weighting per class")
         return [torch.Size(())] + [bottom_shapes[0]] * (self.num_tops - 1)
 
     def forward(self, x, label):
@@ -204,6 +223,8 @@ class SoftmaxWithLoss(LossLayer):
         index, valid = class_labels(self, label, outer, inner, classes, self.ignore_label)
         log_p = F.log_softmax(x, dim=axis).reshape(outer, classes, inner)
         picked = floor_keep_grad(log_p.gather(1, index.unsqueeze(1)).squeeze(1), math.log(FLT_MIN))
+        if self.class_weights is not None:
+            picked = picked * self.class_weights.to(picked.dtype)[index]
         if valid is not None:
             picked = torch.where(valid, picked, 0.0)
         loss = -picked.sum() / normalizer(self.normalization, outer, inner, valid)

@@ -327,13 +327,20 @@ class Dropout(NeuronLayer):
     """Dropout: in TRAIN each value is kept with probability ``1 - p`` and scaled by
     ``1 / (1 - p)``; in TEST the top equals the bottom.
 
-    Parameters: ``dropout_param { dropout_ratio (0.5) }``.  Shapes: (*) -> (*).
+    With ``scale_train: false`` (Fast R-CNN's fork, rbgirshick/caffe-fast-rcnn) TRAIN keeps values
+    unscaled and TEST multiplies by ``1 - p`` instead.
+
+    Parameters: ``dropout_param { dropout_ratio (0.5) scale_train (true) }``.  Shapes: (*) -> (*).
     Differs from Caffe: the mask comes from torch's generator, not Caffe's.
     """
 
     samples = (Sample("dropout_param { dropout_ratio: 0.3 }", bottoms=((4, 5),), inplace=True),
                Sample("dropout_param { dropout_ratio: 0.3 }", bottoms=((2, 3, 4),), phase=TEST, inplace=True),
-               Sample(bottoms=((1, 6),)))
+               Sample(bottoms=((1, 6),)),
+               Sample("dropout_param { dropout_ratio: 0.4 scale_train: false }", bottoms=((3, 5),), inplace=True,
+                      note="fork scale_train: false, TRAIN: unscaled mask"),
+               Sample("dropout_param { dropout_ratio: 0.4 scale_train: false }", bottoms=((2, 3, 2),), phase=TEST,
+                      inplace=True, note="fork scale_train: false, TEST: times 1 - p"))
 
     def __init__(self, setup: LayerSetup):
         super().__init__(setup)
@@ -342,12 +349,15 @@ class Dropout(NeuronLayer):
             raise self.fail(f"dropout_ratio must be in [0, 1), got {p}")
         self.ratio = p
         self.active = self.phase == TRAIN
+        self.scale_train = setup.param.dropout_param.scale_train
 
     def forward(self, x):
-        if not self.active or self.ratio == 0:
+        if self.ratio == 0:
             return x
-        keep = torch.rand_like(x) >= self.ratio
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.ratio))
+        if not self.active:
+            return x if self.scale_train else x * (1.0 - self.ratio)
+        kept = x * (torch.rand_like(x) >= self.ratio).to(x.dtype)
+        return kept * (1.0 / (1.0 - self.ratio)) if self.scale_train else kept
 
 
 @register_layer("PReLU")

@@ -26,7 +26,7 @@ def register_layer(*type_names: str) -> Callable[[L], L]:
                     f'layer type "{name}" is already registered by {_LAYERS[name].__qualname__}; '
                     f"{cls.__qualname__} cannot register it again")
             _LAYERS[name] = cls
-        if not getattr(cls, "type", ""):
+        if "type" not in cls.__dict__:  # a subclass of a registered layer gets its own name
             cls.type = type_names[0]
         return cls
 

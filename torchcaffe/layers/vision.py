@@ -70,11 +70,32 @@ def conv_geometry(layer: Layer, p: caffe_pb2.ConvolutionParameter, n: int) -> Co
     stride = _per_axis(layer, p, "stride", n, 1, ("stride_h", "stride_w"))
     pad = _per_axis(layer, p, "pad", n, 0, ("pad_h", "pad_w"))
     dilation = _per_axis(layer, p, "dilation", n, 1, None)
+    hole = _hole(layer, p, n)
+    if hole is not None:
+        if len(p.dilation) and dilation != hole:
+            raise layer.fail(f"convolution_param gives both dilation {list(dilation)} and DeepLab's hole "
+                             f"{list(hole)} (the same setting under its old name); keep one of them")
+        dilation = hole
     for field, values in (("kernel_size", kernel), ("stride", stride), ("dilation", dilation)):
         if any(v <= 0 for v in values):
             raise layer.fail(f"convolution_param {field} must be positive on every spatial axis, got "
                              f"{list(values)}")
     return ConvGeometry(kernel, stride, pad, dilation)
+
+
+def _hole(layer: Layer, p: caffe_pb2.ConvolutionParameter, n: int) -> tuple[int, ...] | None:
+    """DeepLab v1's ``hole`` (or ``hole_h`` + ``hole_w``, 2-D only): its name for the dilation.
+    None when neither is set. As DeepLab checks: ``hole_h`` and ``hole_w`` together and without
+    ``hole``."""
+    has_h, has_w = p.HasField("hole_h"), p.HasField("hole_w")
+    if has_h or has_w:
+        if p.HasField("hole") or not (has_h and has_w):
+            raise layer.fail("give DeepLab's hole once, or hole_h and hole_w together (without hole)")
+        if n != 2:
+            raise layer.fail(f"hole_h/hole_w can only be used for 2-D convolution, but the bottom has {n} "
+                             f"spatial axes; give 'hole' (or 'dilation') instead")
+        return (p.hole_h, p.hole_w)
+    return (p.hole,) * n if p.HasField("hole") else None
 
 
 def _conv_out(layer: Layer, size: int, k_extent: int, stride: int, pad: int, axis: int) -> int:
@@ -196,6 +217,8 @@ class Convolution(_ConvolutionBase):
     instead of the repeated fields) group (1) weight_filler (constant 0) bias_filler (constant 0)
     axis (1) engine force_nd_im2col }``. ``pad/kernel_size/stride/dilation`` are given once for
     every spatial axis or once per axis. ``engine`` and ``force_nd_im2col`` have no effect.
+    DeepLab v1's ``hole`` (or ``hole_h`` + ``hole_w``) is its name for the dilation; giving both
+    names with different values is an error.
 
     Blobs: weight ``(num_output, C / group, k...)``, bias ``(num_output,)``.
     Shapes: bottom i ``(N..., C, S...)`` -> top i ``(N..., num_output, S_out...)`` for every bottom;
@@ -231,6 +254,10 @@ class Convolution(_ConvolutionBase):
         Sample(f"convolution_param {{ num_output: 3 axis: -1 {GAUSS} }}", bottoms=((3, 4),),
                note="no spatial axis: a matrix product"),
         Sample(f"convolution_param {{ num_output: 3 kernel_size: 1 {GAUSS} }}", bottoms=((2, 3, 3, 2),), note="1x1"),
+        Sample(f"convolution_param {{ num_output: 2 kernel_size: 3 pad: 2 hole: 2 {GAUSS} }}", bottoms=((1, 2, 5, 4),),
+               note="DeepLab v1's hole: the dilation"),
+        Sample(f"convolution_param {{ num_output: 2 kernel_size: 2 hole_h: 2 hole_w: 1 {GAUSS} }}",
+               bottoms=((1, 1, 4, 3),), note="DeepLab v1's hole_h/hole_w"),
     )
 
     def _spatial_out(self, sizes):
@@ -439,7 +466,9 @@ class Pooling(Layer):
 
     Parameters: ``pooling_param { pool (MAX) kernel_size | kernel_h + kernel_w (required unless
     global_pooling) stride (1) | stride_h + stride_w, pad (0) | pad_h + pad_w, global_pooling
-    (false) round_mode (CEIL) engine }``; ``engine`` has no effect.
+    (false) round_mode (CEIL) ceil_mode (true) engine }``; ``engine`` has no effect. ``ceil_mode``
+    comes from the DenseNet/ResNeXt forks (BVLC PR #3057): ``false`` means ``round_mode: FLOOR``;
+    when both are set they must agree.
 
     Shapes: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``; MAX may give a second top of the same shape,
     the argmax index ``h * W + w`` within the (unpadded) input plane, as a float.
@@ -474,6 +503,10 @@ class Pooling(Layer):
         Sample("pooling_param { pool: MAX kernel_size: 2 stride: 2 }", bottoms=((1, 2, 4, 4),),
                values=(("choice", 0.0, 1.0),), gradcheck=False, tops=2, note="ties: the first maximum wins"),
         Sample("pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR }", bottoms=((2, 1, 8, 7),)),
+        Sample("pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 ceil_mode: false }", bottoms=((1, 2, 8, 7),),
+               note="fork ceil_mode: false (ResNeXt's pool1) floors"),
+        Sample("pooling_param { pool: AVE kernel_size: 3 stride: 2 ceil_mode: true round_mode: CEIL }",
+               bottoms=((1, 1, 6, 7),), note="ceil_mode and round_mode agreeing"),
         Sample("pooling_param { pool: MAX global_pooling: true }", bottoms=((2, 3, 5, 4),), tops=2),
         Sample("pooling_param { pool: AVE kernel_size: 3 stride: 2 }", bottoms=((1, 2, 7, 6),),
                note="ceil overhang: divisor clipped to the input"),
@@ -523,10 +556,20 @@ class Pooling(Layer):
             raise self.fail("with global_pooling: true only pad 0 and stride 1 are allowed")
         if self.kernel is not None:
             _check_pool_pad(self, self.method, self.kernel, self.pad, "pooling_param")
-        self.ceil = p.round_mode == Pool.CEIL
+        self.ceil = self._rounds_up(p)
         self.train = self.phase == TRAIN
         self._geometries: dict[tuple[int, int], PoolGeometry] = {}
         self.top_shapes(setup.bottom_shapes)
+
+    def _rounds_up(self, p) -> bool:
+        """BVLC's ``round_mode``, or the DenseNet/ResNeXt forks' ``ceil_mode`` (false: floor) when set.
+        Both set must agree."""
+        if not p.HasField("ceil_mode"):
+            return p.round_mode == Pool.CEIL
+        if p.HasField("round_mode") and p.ceil_mode != (p.round_mode == Pool.CEIL):
+            raise self.fail(f"pooling_param ceil_mode: {str(p.ceil_mode).lower()} (a fork's field) contradicts "
+                            f"round_mode: {Pool.RoundMode.Name(p.round_mode)}; keep one of the two")
+        return p.ceil_mode
 
     def geometry(self, shape: Sequence[int]) -> PoolGeometry:
         if len(shape) != 4:

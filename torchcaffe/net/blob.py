@@ -135,3 +135,38 @@ class ParamBlob(_BlobShape):
 
     def reshape(self, *shape: int) -> None:
         raise NotImplementedError("parameter blobs keep the shape their layer gave them")
+
+
+class ArrayBlob(_BlobShape):
+    """A blob that is only numpy arrays: what a classic Python layer's ``bottom``/``top`` hold."""
+
+    def __init__(self, data: np.ndarray, diff: np.ndarray | None = None):
+        self.data = data
+        self._diff = diff
+
+    def _tensor(self):  # for _BlobShape's accessors
+        return self.data
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def count(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def diff(self) -> np.ndarray:
+        if self._diff is None or self._diff.shape != self.data.shape:
+            self._diff = np.zeros_like(self.data)
+        return self._diff
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self._diff = value
+
+    def reshape(self, *shape: int) -> None:
+        shape = tuple(int(d) for d in shape)
+        if shape != self.shape:
+            self.data = np.zeros(shape, dtype=self.data.dtype if self.data.dtype.kind == "f" else np.float32)
+            self._diff = None

@@ -70,6 +70,8 @@ class ParamEntry:
     has_lr: bool = False
     has_decay: bool = False
     name: str = ""
+    max_norm: float = 0.0  # ParamSpec.max_norm: after each update, slices are renormed to it (0: off)
+    max_norm_axis: int = 0  # ParamSpec.max_norm_axis: the axis whose slices are constrained
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Graph:
         return self.last_slot[name]
 
 
-def build_graph(net: caffe_pb2.NetParameter, source: str = "") -> Graph:
+def build_graph(net: caffe_pb2.NetParameter, source: str = "", allow_python: bool = True) -> Graph:
     """Create every layer of ``net`` (already filtered and split) with Caffe's net rules."""
     graph = Graph()
     blob_need_backward: dict[int, bool] = {}
@@ -104,7 +106,7 @@ def build_graph(net: caffe_pb2.NetParameter, source: str = "") -> Graph:
         own.CopyFrom(declared)
         if not own.HasField("phase"):
             own.phase = net.state.phase
-        node = _add_layer(graph, index, declared, own, source, blob_need_backward, available)
+        node = _add_layer(graph, index, declared, own, source, blob_need_backward, available, allow_python)
         _add_params(graph, node, declared, named_params)
         if node.need_backward:
             for slot in node.top_slots:
@@ -118,7 +120,7 @@ def build_graph(net: caffe_pb2.NetParameter, source: str = "") -> Graph:
     return graph
 
 
-def _add_layer(graph, index, declared, own, source, blob_need_backward, available) -> Node:
+def _add_layer(graph, index, declared, own, source, blob_need_backward, available, allow_python) -> Node:
     label = layer_label(declared.name, declared.type)
     cls = layer_class(declared.type, declared.name)
     if declared.propagate_down and len(declared.propagate_down) != len(declared.bottom):
@@ -138,7 +140,7 @@ def _add_layer(graph, index, declared, own, source, blob_need_backward, availabl
         wanted = max(cls.min_tops or 0, cls.exact_tops or 0)
         tops += [ANONYMOUS_TOP] * max(0, wanted - len(tops))
     bottom_shapes = [graph.slot_shapes[s] for s in bottom_slots]
-    setup = LayerSetup(own, bottom_shapes, own.phase, source, num_tops=len(tops))
+    setup = LayerSetup(own, bottom_shapes, own.phase, source, num_tops=len(tops), allow_python=allow_python)
     layer = cls(setup)
     top_shapes = infer_top_shapes(layer, bottom_shapes)
     if len(top_shapes) != len(tops):
@@ -187,7 +189,8 @@ def _add_params(graph: Graph, node: Node, declared, named_params: dict[str, int]
     for j, tensor_name in enumerate(blobs):
         spec = own.param[j] if j < len(own.param) else caffe_pb2.ParamSpec()
         entry = ParamEntry(node.index, j, tensor_name, -1, spec.lr_mult, spec.decay_mult,
-                           spec.HasField("lr_mult"), spec.HasField("decay_mult"), spec.name)
+                           spec.HasField("lr_mult"), spec.HasField("decay_mult"), spec.name,
+                           spec.max_norm, spec.max_norm_axis)
         if spec.name and spec.name in named_params:
             _share_param(graph, node, j, spec, named_params[spec.name], entry)
         elif spec.name:
@@ -263,11 +266,14 @@ def _force_backward(graph: Graph) -> None:
 
 def _set_detach(graph: Graph, force_backward: bool) -> None:
     """Bottoms whose gradient never flows, in torch terms: ``propagate_down: false`` (unless
-    ``force_backward`` overrides it) and bottoms Caffe never back-propagates into (labels)."""
+    ``force_backward`` overrides it) and bottoms Caffe never back-propagates into (labels) unless
+    the prototxt explicitly asks for them with ``propagate_down: true``."""
     for node in graph.nodes:
         detach = []
         for j in range(len(node.bottoms)):
             forceable = node.layer.allow_force_backward(j)
-            stopped = bool(node.param.propagate_down) and not node.param.propagate_down[j]
-            detach.append((stopped and not (force_backward and forceable)) or not forceable)
+            given = bool(node.param.propagate_down)
+            stopped = given and not node.param.propagate_down[j]
+            asked = given and node.param.propagate_down[j]
+            detach.append((stopped and not (force_backward and forceable)) or (not forceable and not asked))
         node.detach = tuple(detach)

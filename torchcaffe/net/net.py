@@ -29,7 +29,7 @@ from ..io.prototxt import read_net
 from ..io.weights import read_weights, write_caffemodel, write_caffemodel_h5
 from ..proto import caffe_pb2
 from .blob import Blob, ParamBlob, as_numpy, sync_host_mirrors
-from .graph import ANONYMOUS_TOP, build_graph
+from .graph import ANONYMOUS_TOP, Node, build_graph
 from .inplace import CaffeInPlace, needs_inplace_quirk
 from .shapes import infer_top_shapes
 from .splits import insert_splits
@@ -49,10 +49,12 @@ class Net(nn.Module):
     ``prototxt`` is a path to a text (or binary) NetParameter, or a ``caffe_pb2.NetParameter``.
     ``phase`` is ``torchcaffe.TRAIN`` or ``torchcaffe.TEST`` (default TEST, Caffe's NetState
     default). The net is built on the CPU in float32; move it with ``.to()`` like any module.
+    ``allow_python_layers=False`` refuses every ``Python`` layer (for files you do not trust).
     """
 
     def __init__(self, network, *args, level: int = 0, stages: Sequence[str] | None = None,
-                 weights: str | os.PathLike | None = None, phase: int | None = None):
+                 weights: str | os.PathLike | None = None, phase: int | None = None,
+                 allow_python_layers: bool = True):
         super().__init__()
         phase, level, stages, weights = _net_arguments(args, phase, level, stages, weights)
         param, source = _read_network(network)
@@ -61,7 +63,7 @@ class Net(nn.Module):
         self.name = param.name
         self.phase = phase
         self.source = source
-        self._graph = graph = build_graph(insert_splits(filtered, source), source)
+        self._graph = graph = build_graph(insert_splits(filtered, source), source, allow_python_layers)
         self.layers = nn.ModuleList(node.layer for node in graph.nodes)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # tracks dtype/device
         self._shapes = {name: graph.slot_shapes[slot] for name, slot in graph.last_slot.items()}
@@ -240,6 +242,13 @@ class Net(nn.Module):
             self._set_input(name, value)
         first = self._layer_index(start, 0)
         last = self._layer_index(end, len(self._graph.nodes) - 1)
+        self._run_layers(first, last)
+        wanted = list(self.top_names[self._layer_names[last]]) if end is not None else list(self.outputs)
+        wanted += [b for b in (blobs or ()) if b not in wanted]
+        return {name: self.blobs[name].data for name in wanted}
+
+    def _run_layers(self, first: int, last: int) -> list:
+        """Run layers ``first..last`` keeping every blob's value (pycaffe's and Caffe's forward)."""
         vals = self._values_before(first)
         record = self._any_backward and torch.is_grad_enabled()
         with torch.set_grad_enabled(record):
@@ -249,9 +258,7 @@ class Net(nn.Module):
                 for name, slot in zip(node.tops, node.top_slots):
                     self._data[name] = vals[slot]
         self._vals = vals
-        wanted = list(self.top_names[self._layer_names[last]]) if end is not None else list(self.outputs)
-        wanted += [b for b in (blobs or ()) if b not in wanted]
-        return {name: self.blobs[name].data for name in wanted}
+        return vals
 
     def _set_input(self, name: str, value) -> None:
         array = np.asarray(value)
@@ -390,11 +397,61 @@ class Net(nn.Module):
         return params
 
     def clear_param_diffs(self) -> None:
-        """Zero every parameter's diff (Caffe's ``ClearParamDiffs``)."""
+        """Zero every parameter's diff (Caffe's ``ClearParamDiffs``), BatchNorm's statistics too."""
         sync_host_mirrors()
         for param in self.parameters():
             if param.grad is not None:
                 param.grad.zero_()
+        for node in self._graph.nodes:
+            for diff in node.layer.__dict__.get("_buffer_diffs", {}).values():
+                diff.zero_()
+
+    # -- what the solver needs -----------------------------------------------------------------
+    def forward_loss(self) -> float:
+        """Caffe's ``Net::Forward(&loss)``: run every layer (blobs keep their values, as after
+        ``forward()``) and return the total loss, the sum of ``loss_weight * sum(top)`` over
+        every top with a loss weight."""
+        sync_host_mirrors()
+        return self._total_loss(self._run_layers(0, len(self._graph.nodes) - 1))
+
+    def forward_backward(self) -> float:
+        """Caffe's ``Net::ForwardBackward``: :meth:`forward_loss`, then ``backward()`` (parameter
+        diffs accumulate); returns the loss."""
+        loss = self.forward_loss()
+        if self._any_backward:
+            self._backward_all(self._vals)
+        return loss
+
+    def _total_loss(self, vals: list) -> float:
+        total = None
+        for node in self._graph.nodes:
+            for slot, weight in zip(node.top_slots, node.loss_weights):
+                if weight and vals[slot] is not None:
+                    term = vals[slot].detach().sum() * weight
+                    total = term if total is None else total + term
+        return 0.0 if total is None else float(total)
+
+    def share_with(self, other: "Net") -> None:
+        """Use ``other``'s blobs in every layer named like one of ``other``'s (pycaffe's
+        ``share_with``, Caffe's ``ShareTrainedLayersWith``): the layers then hold the very same
+        tensors — parameters and buffers such as BatchNorm's statistics — so an update of
+        ``other`` is seen here at once. Layer names ``other`` has and this net lacks are skipped;
+        the blob counts and shapes of a shared layer must match."""
+        sync_host_mirrors()
+        index: dict[str, Node] = {}
+        for node in self._graph.nodes:
+            index.setdefault(node.name, node)
+        for source in other._graph.nodes:
+            target = index.get(source.name)
+            if target is None:
+                log.debug("Ignoring source layer %s", source.name)
+                continue
+            _share_layer_blobs(source, target)
+
+    @property
+    def learnable_params(self):
+        """Caffe's learnable parameters (owners only) with their lr_mult and decay_mult."""
+        return [e for e in self._graph.params if e.owner == -1]
 
     # -- weights -------------------------------------------------------------------------------
     def copy_from(self, path: str | os.PathLike) -> None:
@@ -426,8 +483,9 @@ class Net(nn.Module):
             with torch.no_grad():
                 target.copy_(torch.from_numpy(np.asarray(blob.data)).reshape(target.shape))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the net's layers and blobs as a binary ``.caffemodel`` (Caffe's ``Net::ToProto``)."""
+    def save(self, path: str | os.PathLike, write_diff: bool = False) -> None:
+        """Write the net's layers and blobs as a binary ``.caffemodel`` (Caffe's ``Net::ToProto``;
+        with ``write_diff`` the diffs too, as a ``snapshot_diff`` snapshot)."""
         sync_host_mirrors()
         param = caffe_pb2.NetParameter(name=self.name)
         for node in self._graph.nodes:
@@ -435,27 +493,25 @@ class Net(nn.Module):
             layer.CopyFrom(node.param)
             del layer.blobs[:]
         blobs = [[as_numpy(t) for t in node.layer.caffe_blobs()] for node in self._graph.nodes]
-        write_caffemodel(os.fspath(path), param, blobs)
+        diffs = [[b.diff for b in node.layer.blobs] for node in self._graph.nodes] if write_diff else None
+        write_caffemodel(os.fspath(path), param, blobs, diffs)
 
-    def save_hdf5(self, path: str | os.PathLike) -> None:
-        """Write the blobs in Caffe's HDF5 layout; shared parameters are stored once, by their owner."""
+    def save_hdf5(self, path: str | os.PathLike, write_diff: bool = False) -> None:
+        """Write the blobs in Caffe's HDF5 layout; shared parameters are stored once, by their owner
+        (with ``write_diff``, every diff is stored as well, as Caffe's ``Net::ToHDF5`` does)."""
         sync_host_mirrors()
         owned = {(e.layer, e.blob) for e in self._graph.params if e.owner == -1}
-        layers = []
+        layers, diffs = [], []
         for node in self._graph.nodes:
-            arrays = [as_numpy(t) for j, t in enumerate(node.layer.caffe_blobs()) if (node.index, j) in owned]
-            if arrays:
+            arrays = [as_numpy(t) if (node.index, j) in owned else None
+                      for j, t in enumerate(node.layer.caffe_blobs())]
+            if any(a is not None for a in arrays) or (write_diff and arrays):
                 layers.append((node.name, arrays))
-        write_caffemodel_h5(os.fspath(path), layers)
+                diffs.append([b.diff for b in node.layer.blobs])
+        write_caffemodel_h5(os.fspath(path), layers, diffs if write_diff else None)
 
     def load_hdf5(self, path: str | os.PathLike) -> None:
         self.copy_from(path)
-
-    # -- what the solver needs -----------------------------------------------------------------
-    @property
-    def learnable_params(self):
-        """Caffe's learnable parameters (owners only) with their lr_mult and decay_mult."""
-        return [e for e in self._graph.params if e.owner == -1]
 
     def __repr__(self) -> str:
         return f"<torchcaffe.Net {self.name!r}: {len(self._graph.nodes)} layers, phase " \
@@ -509,6 +565,26 @@ def _read_network(network) -> tuple[caffe_pb2.NetParameter, str]:
     if isinstance(network, PathLike):
         return read_net(os.fspath(network)), os.fspath(network)
     raise TypeError(f"a net is a prototxt path or a caffe_pb2.NetParameter, got {type(network).__name__}")
+
+
+def _share_layer_blobs(source, target) -> None:
+    """Give ``target``'s layer the tensors of ``source``'s layer (Caffe's ``Blob::ShareData``)."""
+    theirs, mine = source.layer, target.layer
+    if len(theirs.blob_names) != len(mine.blob_names):
+        raise NetError(f"cannot share the blobs of {source.label}: it has {len(theirs.blob_names)} "
+                       f"blob(s), {target.label} in this net has {len(mine.blob_names)}")
+    for j, (src_attr, dst_attr) in enumerate(zip(theirs.blob_names, mine.blob_names)):
+        src, dst = getattr(theirs, src_attr), getattr(mine, dst_attr)
+        if src is dst:
+            continue
+        if src.shape != dst.shape:
+            raise NetError(f"cannot share blob {j} of {source.label}: its shape is {tuple(src.shape)}, "
+                           f"{target.label} in this net has {tuple(dst.shape)}")
+        if dst_attr in mine._parameters:
+            mine._parameters[dst_attr] = src if isinstance(src, nn.Parameter) else \
+                nn.Parameter(src.detach(), requires_grad=False)
+        else:
+            mine._buffers[dst_attr] = src
 
 
 def _shape_matches(target: tuple[int, ...], blob) -> bool:
