@@ -18,14 +18,27 @@ def shared_dir(*parts: str) -> Path:
 requires_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=SHARED_MISSING)
 
 
-def pytest_terminal_summary(terminalreporter):
-    """Print how many corpus nets ran (``N/M corpus nets run``)."""
+def _outcomes(terminalreporter, test_name: str) -> dict[str, str]:
+    """The outcome of each parametrization of ``test_name``, by its id."""
     outcomes = {}
     for status in ("passed", "failed", "xfailed", "xpassed", "skipped"):
         for report in terminalreporter.stats.get(status, []):
             nodeid = getattr(report, "nodeid", "")
-            if "test_corpus_net_runs[" in nodeid and getattr(report, "when", "call") in ("call", "setup"):
+            if f"{test_name}[" in nodeid and getattr(report, "when", "call") in ("call", "setup"):
                 outcomes[nodeid] = outcomes.get(nodeid) if status == "skipped" and nodeid in outcomes else status
-    if outcomes:
-        ran = sum(1 for status in outcomes.values() if status == "passed")
-        terminalreporter.write_line(f"{ran}/{len(outcomes)} corpus nets run")
+    return {nodeid.split("[", 1)[1][:-1]: status for nodeid, status in outcomes.items()}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many corpus nets ran (``N/M corpus nets run``) and export (``N/M nets export``)."""
+    ran = _outcomes(terminalreporter, "test_corpus_net_runs")
+    if ran:
+        terminalreporter.write_line(f"{sum(s == 'passed' for s in ran.values())}/{len(ran)} corpus nets run")
+    exported = _outcomes(terminalreporter, "test_deploy_net_exports")
+    if exported:
+        from .export.test_export import CANNOT_EXPORT
+
+        for exporter, name in (("onnx", "ONNX"), ("pytorch", "PyTorch source")):
+            count = sum(status == "passed" and exporter not in CANNOT_EXPORT.get(net, {})
+                        for net, status in exported.items())
+            terminalreporter.write_line(f"{count}/{len(exported)} nets export to {name}")

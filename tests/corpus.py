@@ -1,9 +1,10 @@
 """Helpers for running the real-world prototxt files of ``../shared/corpus``.
 
-Database-reading layers cannot run without their databases, so they are replaced by ``Input``
-stand-ins of the shapes they would produce (the file itself is never edited), and their tops are
-filled with values of the right kind: images, class labels, segmentation maps, SSD ground-truth
-rows. Batches are cut to ``BATCH`` to keep the suite fast, and ``${VAR}`` placeholders that an
+Database-reading layers exist (``torchcaffe.layers.data``), but the databases, image lists and
+window files these nets point at do not ship with the corpus, so the layers are replaced by
+``Input`` stand-ins of the shapes they would produce (the file itself is never edited), and their
+tops are filled with values of the right kind: images, class labels, segmentation maps, SSD
+ground-truth rows (``tests/layers/test_data.py`` runs the real layers on files it writes). Batches are cut to ``BATCH`` to keep the suite fast, and ``${VAR}`` placeholders that an
 upstream project fills in by script get the values that script would give (``VARIABLES``).
 """
 from __future__ import annotations

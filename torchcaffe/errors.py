@@ -22,6 +22,16 @@ class WeightsError(CaffeError):
     """Weights that do not fit the net (wrong blob count or shape) or a damaged weights file."""
 
 
+class GradientCheckError(CaffeError):
+    """A backward pass that disagrees with finite differences (``torchcaffe.GradientChecker``):
+    the message names the layer, the blob and the index of the worst mismatch; ``report`` holds
+    the whole comparison."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
 def layer_label(name: str, type_: str) -> str:
     """How every message names a layer: ``layer "conv1" (Convolution)``."""
     return f'layer "{name}" ({type_})'

@@ -79,7 +79,7 @@ def test_display_lines_in_caffes_format(setup, caplog):
     with caplog.at_level(logging.INFO, logger="torchcaffe"):
         solver.step(3)
     lines = [r.getMessage() for r in caplog.records]
-    assert any(line.startswith("Iteration 0, loss = ") for line in lines)
+    assert any(line.startswith("Iteration 0 (0 iter/s, ") and "s/2 iters), loss = " in line for line in lines)
     assert any(line.startswith("    Train net output #0: loss = ") and line.endswith(" loss)") for line in lines)
     assert "Iteration 0, lr = 0.05" in lines and "Iteration 2, lr = 0.05" in lines
     assert not any(line.startswith("Iteration 1,") for line in lines)

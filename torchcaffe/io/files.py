@@ -88,6 +88,10 @@ def _read_into(f, buf: memoryview) -> int:
 def atomic_output_path(path: str, error_type: type[CaffeError]) -> Iterator[str]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
 
+    The data is flushed to disk before the rename, so the target is never seen half-written,
+    even after the machine crashes; a process killed mid-write leaves ``path`` as it was (and
+    a ``.<name>.<random>.tmp`` file beside it).
+
     On any exception the temporary file is removed and ``path`` is left as it was. Write errors
     from the operating system become ``error_type`` naming ``path``.
     """
@@ -95,6 +99,7 @@ def atomic_output_path(path: str, error_type: type[CaffeError]) -> Iterator[str]
     temp = _create_temp_file(path, directory, error_type)
     try:
         yield temp
+        _flush_to_disk(temp)  # h5py and other writers closing ``temp`` do not sync it
         os.replace(temp, path)
     except BaseException as err:
         _remove_quietly(temp)
@@ -105,15 +110,10 @@ def atomic_output_path(path: str, error_type: type[CaffeError]) -> Iterator[str]
 
 @contextmanager
 def atomic_output_file(path: str, error_type: type[CaffeError]) -> Iterator[BinaryIO]:
-    """Like :func:`atomic_output_path`, yielding the temporary file opened for binary writing.
-
-    The data is flushed to disk before the rename, so the target is never seen half-written.
-    """
+    """Like :func:`atomic_output_path`, yielding the temporary file opened for binary writing."""
     with atomic_output_path(path, error_type) as temp:
         with open(temp, "wb") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def write_pieces(f, pieces: Sequence) -> None:
@@ -140,6 +140,15 @@ def _create_temp_file(path: str, directory: str, error_type: type[CaffeError]) -
 def _write_error(path: str, err: OSError, error_type: type[CaffeError]) -> CaffeError:
     """``<path>: cannot write the file: <reason>`` as ``error_type``."""
     return error_type(f"{path}: cannot write the file: {err.strerror or err}")
+
+
+def _flush_to_disk(path: str) -> None:
+    """fsync ``path``: after the rename, a crash of the machine must not leave an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_quietly(path: str) -> None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field as dataclass_field
 from typing import Sequence
 
@@ -58,6 +59,7 @@ from torchcaffe.errors import CaffeError, WeightsError, layer_label
 from torchcaffe.io import wire
 from torchcaffe.io.files import atomic_output_file, atomic_output_path, read_file_bytes, write_pieces
 from torchcaffe.io.wire import FIXED32, FIXED64, LENGTH_DELIMITED, VARINT, WireError
+from torchcaffe.limits import MemoryBudget
 from torchcaffe.proto import caffe_pb2
 
 __all__ = [
@@ -466,22 +468,39 @@ def _decode_text(buf, start: int, end: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_hdf5_weights(path: str) -> list[LayerWeights]:
-    """Read ``Net::ToHDF5``'s layout; see the module docstring."""
+#: What h5py raises for a damaged file, at open or anywhere later while walking it (TypeError:
+#: a datatype numpy has no equivalent for).
+_HDF5_LIBRARY_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+@contextmanager
+def reading_hdf5(path: str, error_type: type[CaffeError]):
+    """``h5py.File(path, "r")`` for the block; whatever the HDF5 library raises on a damaged file,
+    when opening it or anywhere in the block, becomes one ``error_type`` naming the file."""
     import h5py
 
     try:
         h5 = h5py.File(path, "r")
-    except OSError as err:
-        raise WeightsError(f"{path}: cannot open the HDF5 file: {err}") from None
-    with h5:
+    except _HDF5_LIBRARY_ERRORS as err:
+        raise error_type(f"{path}: cannot open the HDF5 file: {err}") from None
+    try:
+        with h5:
+            yield h5
+    except _HDF5_LIBRARY_ERRORS as err:
+        raise error_type(f"{path}: cannot read the HDF5 file: {err} — {CORRUPT}") from None
+
+
+def _read_hdf5_weights(path: str) -> list[LayerWeights]:
+    """Read ``Net::ToHDF5``'s layout; see the module docstring."""
+    with reading_hdf5(path, WeightsError) as h5:
         data_group = _hdf5_group(h5, "data", path, required=True)
         diff_group = _hdf5_group(h5, "diff", path, required=False)
+        budget = MemoryBudget(path)
         layers = []
         for index, layer_name in enumerate(data_group.keys()):
             place = f"{path}: {_layer_place(index, layer_name, '')} (HDF5 group data/{layer_name})"
-            arrays = _hdf5_layer_arrays(data_group, layer_name, place)
-            diffs = _hdf5_layer_arrays(diff_group, layer_name, place) if diff_group is not None else {}
+            arrays = _hdf5_layer_arrays(data_group, layer_name, place, budget)
+            diffs = _hdf5_layer_arrays(diff_group, layer_name, place, budget) if diff_group is not None else {}
             blobs = _hdf5_blobs(arrays, diffs, place)
             layers.append(LayerWeights(name=layer_name, type="", blobs=blobs))
     return layers
@@ -502,7 +521,7 @@ def _hdf5_group(h5, name: str, path: str, required: bool):
     return item
 
 
-def _hdf5_layer_arrays(group, layer_name: str, place: str) -> dict[int, np.ndarray]:
+def _hdf5_layer_arrays(group, layer_name: str, place: str, budget: MemoryBudget) -> dict[int, np.ndarray]:
     """The datasets of one layer group, keyed by blob index."""
     import h5py
 
@@ -517,22 +536,43 @@ def _hdf5_layer_arrays(group, layer_name: str, place: str) -> dict[int, np.ndarr
             raise WeightsError(f'{place}: dataset "{key}" is not a blob index ("0", "1", ...)')
         if not isinstance(item, h5py.Dataset):
             raise WeightsError(f'{place}: "{key}" is a group, expected a dataset')
-        arrays[int(key)] = _hdf5_dataset_array(item, place, key)
+        arrays[int(key)] = hdf5_dataset_array(item, place, key, budget)
     return arrays
 
 
-def _hdf5_dataset_array(dataset, place: str, key: str) -> np.ndarray:
-    """A dataset as float64 (when stored as float64) or float32, as Caffe would load it."""
+def hdf5_dataset_array(dataset, place: str, key: str, budget: MemoryBudget,
+                       error_type: type[CaffeError] = WeightsError) -> np.ndarray:
+    """A dataset as float64 (when stored as float64) or float32, as Caffe would load it.
+
+    Its declared size is checked against ``torchcaffe.limits`` (and counted in ``budget``) before
+    it is read, and a contiguous dataset must store exactly the bytes its shape declares: a
+    hostile file cannot make us allocate what it does not hold."""
     if dataset.dtype.kind not in "fiub":
-        raise WeightsError(f'{place}: dataset "{key}" holds {dataset.dtype} values, expected numbers')
+        raise error_type(f'{place}: dataset "{key}" holds {dataset.dtype} values, expected numbers')
     if dataset.shape is None:
-        raise WeightsError(f'{place}: dataset "{key}" is empty (no dataspace), expected an array')
+        raise error_type(f'{place}: dataset "{key}" is empty (no dataspace), expected an array')
+    budget.add(place, f'dataset "{key}"', dataset.shape, dataset.dtype.itemsize)
+    _check_hdf5_storage(dataset, place, key, error_type)
     try:
         values = dataset[()]
     except OSError as err:
-        raise WeightsError(f'{place}: dataset "{key}" cannot be read: {err} — {CORRUPT}') from None
+        raise error_type(f'{place}: dataset "{key}" cannot be read: {err} — {CORRUPT}') from None
     dtype = np.float64 if dataset.dtype == np.float64 else np.float32
     return np.asarray(values, dtype=dtype)
+
+
+def _check_hdf5_storage(dataset, place: str, key: str, error_type: type[CaffeError]) -> None:
+    """A contiguous dataset (what Caffe writes) stores exactly ``size * itemsize`` bytes, or none
+    yet; chunked ones may be compressed, and their declared size was checked by the limits."""
+    import h5py
+
+    if dataset.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS:
+        return
+    declared = dataset.size * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if stored != declared:
+        raise error_type(f'{place}: dataset "{key}" declares shape {dataset.shape} ({declared} bytes) '
+                         f"but the file stores {stored} bytes for it — {CORRUPT}")
 
 
 def _hdf5_blobs(arrays: dict[int, np.ndarray], diffs: dict[int, np.ndarray], place: str) -> list:

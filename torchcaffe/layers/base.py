@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import NetError, layer_label
 from ..fillers import fill
+from ..limits import check_blob
 from ..proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
@@ -123,6 +124,7 @@ class Layer(nn.Module):
 
         Learnable blobs become ``nn.Parameter``s, others (BatchNorm's statistics) buffers.
         """
+        check_blob(self.label, f"parameter blob {len(self.blob_names)} ({name})", shape)  # before allocating
         tensor = torch.zeros(tuple(int(d) for d in shape), dtype=torch.float32)
         if filler is not None:
             fill(tensor, filler, self.label)

@@ -96,6 +96,18 @@ class InnerProduct(Layer):
         weight = self.weight.t() if self.transpose else self.weight
         return F.linear(x, weight, self.bias if self.bias_term else None)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """``nn.Linear(K, N)`` on the bottom flattened from ``axis``."""
+        x, shape = code.bottoms[0], code.bottom_shapes[0]
+        axis = axis_index(self, self.axis_param, len(shape), "inner_product_param axis")
+        if axis != len(shape) - 1:
+            x = f"{x}.flatten({axis})"
+        weight = self.weight.t() if self.transpose else self.weight
+        state = {"weight": weight, **({"bias": self.bias} if self.bias_term else {})}
+        bias = "" if self.bias_term else ", bias=False"
+        return code.module(f"nn.Linear({self.K}, {self.num_output}{bias})", f"{code.attribute}({x})", **state)
+
 
 @register_layer("Embed")
 class Embed(Layer):
@@ -178,6 +190,11 @@ class Softmax(Layer):
     def forward(self, x):
         return F.softmax(x, dim=axis_index(self, self.axis, x.dim(), "softmax_param axis"))
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        axis = axis_index(self, self.axis, len(code.bottom_shapes[0]), "softmax_param axis")
+        return code.line(f"F.softmax({code.bottoms[0]}, dim={axis})")
+
 
 @register_layer("Eltwise")
 class Eltwise(Layer):
@@ -253,6 +270,21 @@ class Eltwise(Layer):
             y = torch.where(x > y, x, y)
         return y
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """SUM and PROD as arithmetic; MAX as ``torch.maximum`` (the same values; only the gradient
+        of ties differs: Caffe gives it to one winner)."""
+        xs = code.bottoms
+        if self.operation == Eltwise_.PROD:
+            return code.line(" * ".join(xs))
+        if self.operation == Eltwise_.MAX:
+            y = xs[0]
+            for x in xs[1:]:
+                y = f"torch.maximum({y}, {x})"
+            return code.line(y)
+        terms = [x if c == 1 else f"{x} * {code.number(c)}" for x, c in zip(xs, self.coeffs)]
+        return code.line(" + ".join(terms))
+
 
 @register_layer("Reduction")
 class Reduction(Layer):
@@ -299,6 +331,19 @@ class Reduction(Layer):
         y = x.sum(dims)
         coeff = self.coeff / _count(x.shape, axis) if op == Reduction_.MEAN else self.coeff
         return y if coeff == 1 else y * coeff
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x, shape = code.bottoms[0], code.bottom_shapes[0]
+        axis = axis_index(self, self.axis, len(shape), "reduction_param axis")
+        dims = tuple(range(axis, len(shape)))
+        if self.operation == Reduction_.ASUM:
+            x = f"{x}.abs()"
+        elif self.operation == Reduction_.SUMSQ:
+            x = f"({x} * {x})"
+        coeff = self.coeff / _count(shape, axis) if self.operation == Reduction_.MEAN else self.coeff
+        y = f"{x}.sum({dims})"
+        return code.line(y if coeff == 1 else f"{y} * {code.number(coeff)}")
 
 
 def _caffe_top_k(x: torch.Tensor, k: int):

@@ -1,20 +1,33 @@
-"""Layers that bring data into the net (Input, DummyData, HDF5Data) or write it out (HDF5Output).
+"""Layers that bring data into the net or write it out.
 
-(The database and image readers — Data, ImageData, MemoryData, WindowData — come with the data
-pipeline.)
+* ``Input`` (tops set by the caller), ``DummyData`` (fillers), ``MemoryData`` (arrays handed in
+  by code), ``HDF5Data`` / ``HDF5Output``;
+* the prefetching readers (:class:`PrefetchingData`): ``Data`` (LMDB/LevelDB Datums),
+  ``ImageData`` (image lists), ``WindowData`` (R-CNN window files), and the forks'
+  ``AnnotatedData`` (SSD), ``DenseImageData`` (SegNet), ``ImageLabelmapData`` (HED),
+  ``ImageSegData`` (DeepLab).
+
+The readers' machinery — databases, Datums, images, the data transformer, the loaders and the
+prefetch thread — lives in :mod:`torchcaffe.data`; ``docs/data.md`` describes it.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..data.errors import DataError
+from ..data.prefetch import BatchQueue
+from ..errors import CaffeError, NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
-from .base import Layer, LayerSetup, Sample
+from .base import TEST, Layer, LayerSetup, Sample
 from .registry import register_layer
+
+log = logging.getLogger("torchcaffe")
 
 
 def _shapes_for_tops(layer: Layer, shapes, num_tops: int, field_name: str) -> list[torch.Size]:
@@ -341,6 +354,580 @@ class HDF5Output(Layer):
                        gradcheck=False, note="writes data (2,3,1,1) and label (2,1,1,1)"),)
 
 
+# -- the prefetching data layers (databases, image lists, window files) ----------------------------
+
+def _layer_error(label: str):
+    """Turns a loading error into the NetError a data layer raises, its name in front."""
+    def convert(error: BaseException) -> BaseException:
+        if isinstance(error, CaffeError) and not isinstance(error, DataError):
+            return error
+        detail = str(error) if isinstance(error, DataError) else \
+            f"loading a batch failed: {type(error).__name__}: {error}"
+        return NetError(f"{label}: {detail}")
+    return convert
+
+
+def _seed() -> int:
+    """A seed for a layer's own generators, drawn from torch's RNG (so ``torch.manual_seed`` and
+    the solver's ``random_seed`` make the data repeat, as Caffe's seeded ``caffe_rng``)."""
+    return int(torch.randint(0, 2 ** 62, ()).item())
+
+
+def _warn_deprecated(layer: Layer, message, names: Sequence[str]) -> None:
+    """Caffe's V2 data layers ignore the pre-transform_param fields; say so."""
+    given = [n for n in names if message.HasField(n)]
+    if given:
+        log.warning("%s: %s ignored: the data transformation is read from transform_param "
+                    "(upgrade_net_proto_text moves them there)", layer.label, ", ".join(given))
+
+
+class PrefetchingData(Layer):
+    """Base of the layers that load batches in a background thread (Caffe's
+    ``BasePrefetchingDataLayer``): the subclass builds a loader (see :mod:`torchcaffe.data`),
+    which reads the first record for the top shapes; ``prefetch`` batches are loaded ahead of the net
+    (``data_param.prefetch``, default 4; 0 loads each batch when the net asks for it). The
+    loader's batches do not depend on the prefetch depth. Call :meth:`close` to stop the thread
+    early (it also stops when the layer is garbage collected)."""
+
+    exact_bottoms = 0
+    differentiable = False
+
+    def __init__(self, setup: LayerSetup):
+        super().__init__(setup)
+        self.register_buffer("_device", torch.zeros(0), persistent=False)  # follows .to()
+        try:
+            loader = self.make_loader(setup)
+        except DataError as err:
+            raise self.fail(str(err)) from None
+        self.loader = loader
+        self.shapes = [torch.Size(s) for s in loader.shapes]
+        self.batches = BatchQueue(loader, self.prefetch_depth(setup.param), self.label, _layer_error(self.label))
+
+    def make_loader(self, setup: LayerSetup):  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    @staticmethod
+    def prefetch_depth(param: caffe_pb2.LayerParameter) -> int:
+        return int(param.data_param.prefetch)
+
+    def with_labels(self) -> bool:
+        return self.num_tops > 1
+
+    def top_shapes(self, bottom_shapes):
+        return self.shapes
+
+    def forward(self):
+        anchor = self._device
+        return tuple(torch.from_numpy(array).to(anchor.device, anchor.dtype) for array in self.batches.get())
+
+    def close(self) -> None:
+        """Stop loading ahead (the prefetch thread ends; the next forward would fail)."""
+        self.batches.close()
+
+
+def _check_batch_size(layer: Layer, field: str, value: int) -> int:
+    if value <= 0:
+        raise layer.fail(f"{field} must be > 0, got {value}")
+    return int(value)
+
+
+@register_layer("Data")
+class Data(PrefetchingData):
+    """Batches of ``Datum`` records from an LMDB or LevelDB database, in key order.
+
+    ``data_param { source backend batch_size rand_skip prefetch force_encoded_color }``:
+    ``source`` is the database folder, ``backend`` LEVELDB (Caffe's default) or LMDB. Records
+    are raw uint8 pixels, ``float_data`` or encoded images (decoded to BGR by OpenCV; in colour
+    when ``force_encoded_color`` or ``transform_param.force_color``, grey with ``force_gray``,
+    else as stored). ``transform_param`` applies (see :mod:`torchcaffe.data.transformer`). After
+    the last record the first comes again. ``rand_skip`` skips ``rand() % rand_skip`` records at
+    set-up. The top shapes come from the first record, as Caffe's ``DataLayerSetUp`` reads one;
+    each batch takes its size from its own first record.
+
+    Shapes: () -> data (batch_size, C, h, w), label (batch_size,) if a second top is named.
+
+    Example::
+
+        layer { name: "mnist" type: "Data" top: "data" top: "label"
+                data_param { source: "mnist_train_lmdb" backend: LMDB batch_size: 64 }
+                transform_param { scale: 0.00390625 } }
+
+    Differs from Caffe: randomness (mirror, crop, rand_skip) comes from a generator seeded by
+    torch's RNG, not Caffe's; a corrupt record, a record of another size within a batch or an
+    empty database is an error naming the database and key. The deprecated ``scale``,
+    ``mean_file``, ``crop_size``, ``mirror`` of data_param are ignored with a warning (Caffe
+    ignores them silently).
+    """
+
+    min_tops = 1
+    max_tops = 2
+
+    @classmethod
+    def _samples(cls) -> tuple[Sample, ...]:
+        from ..data.samples import sample_paths
+
+        paths = sample_paths()
+        return (
+            Sample(f"data_param {{ source: '{paths['lmdb']}' backend: LMDB batch_size: 3 }} "
+                   "transform_param { crop_size: 4 mirror: true scale: 0.5 }", bottoms=(), tops=2,
+                   gradcheck=False, note="raw 3x6x5 Datums, random crop and mirror, a batch wraps around"),
+            Sample(f"data_param {{ source: '{paths['leveldb']}' batch_size: 2 prefetch: 0 }} "
+                   f"transform_param {{ mean_file: '{paths['mean']}' }}", bottoms=(), tops=1, phase=TEST,
+                   gradcheck=False, note="LevelDB (the default backend) of PNG-encoded Datums, mean file"),
+        )
+
+    def make_loader(self, setup: LayerSetup):
+        from ..data.db import RecordCycle, open_database
+        from ..data.loaders import DatumBatches, generators
+        from ..data.transformer import DataTransformer
+
+        p = setup.param.data_param
+        _warn_deprecated(self, p, ("scale", "mean_file", "crop_size", "mirror"))
+        batch_size = _check_batch_size(self, "data_param.batch_size", p.batch_size)
+        transform_rng, skip_rng = generators(_seed(), 2)
+        transformer = DataTransformer(setup.param.transform_param, setup.phase, transform_rng)
+        color = True if p.force_encoded_color else transformer.decode_color
+        records = RecordCycle(open_database(p.source, p.backend))
+        return DatumBatches(records, batch_size, transformer, self.with_labels(), color, p.rand_skip, skip_rng)
+
+
+@register_layer("ImageData")
+class ImageData(PrefetchingData):
+    """Images named in a list file, with their labels: ``image_data_param { source root_folder
+    batch_size shuffle rand_skip new_height new_width is_color }``.
+
+    ``source`` lists one ``<path> <label>`` per line (the label follows the last space); images
+    are read with OpenCV from ``root_folder + path``, in colour (BGR) or grey (``is_color:
+    false``), resized bilinearly to ``new_height`` x ``new_width`` when both are set, then
+    transformed by ``transform_param``. ``shuffle`` permutes the list at set-up and after each
+    pass; ``rand_skip`` starts at line ``rand() % rand_skip``.
+
+    Shapes: () -> data (batch_size, C, h, w), label (batch_size,).
+
+    Differs from Caffe: a missing or unreadable image, a malformed line or an empty list is an
+    error naming the list file and the line or image; blank lines are skipped.
+    """
+
+    min_tops = 1
+    max_tops = 2
+
+    @classmethod
+    def _samples(cls) -> tuple[Sample, ...]:
+        from ..data.samples import sample_paths
+
+        paths = sample_paths()
+        return (
+            Sample(f"image_data_param {{ source: '{paths['images']}' root_folder: '{paths['root']}' "
+                   "batch_size: 3 shuffle: true } transform_param { mean_value: 10 mean_value: 20 mean_value: 30 }",
+                   bottoms=(), tops=2, gradcheck=False, note="colour PNGs, shuffled, per-channel means"),
+            Sample(f"image_data_param {{ source: '{paths['images']}' root_folder: '{paths['root']}' "
+                   "batch_size: 2 new_height: 5 new_width: 6 is_color: false }", bottoms=(), tops=1,
+                   gradcheck=False, note="grey, resized"),
+        )
+
+    def make_loader(self, setup: LayerSetup):
+        from ..data.lists import read_image_list
+        from ..data.loaders import ImageListBatches, ListOrder, check_new_size, generators
+        from ..data.transformer import DataTransformer
+
+        p = setup.param.image_data_param
+        _warn_deprecated(self, p, ("scale", "mean_file", "crop_size", "mirror"))
+        batch_size = _check_batch_size(self, "image_data_param.batch_size", p.batch_size)
+        transform_rng, shuffle_rng, skip_rng = generators(_seed(), 3)
+        transformer = DataTransformer(setup.param.transform_param, setup.phase, transform_rng)
+        order = ListOrder(read_image_list(p.source), p.source, p.shuffle, p.rand_skip, shuffle_rng, skip_rng)
+        return ImageListBatches(order, p.root_folder, batch_size, check_new_size(p.new_height, p.new_width),
+                                p.is_color, transformer, self.with_labels())
+
+
+@register_layer("WindowData")
+class WindowData(PrefetchingData):
+    """R-CNN's window sampler: crops of object proposals warped to ``crop_size``, a share of
+    them foreground. ``window_data_param { source batch_size fg_threshold bg_threshold
+    fg_fraction context_pad crop_mode cache_images root_folder scale }``.
+
+    The window file format, the sampling and the warp are described in
+    :mod:`torchcaffe.data.windows`. ``transform_param`` gives ``crop_size`` (required),
+    ``mirror``, ``mean_file`` (its centre crop is subtracted) or ``mean_value``; the scale is
+    ``window_data_param.scale`` as in Caffe.
+
+    Shapes: () -> data (batch_size, 3, crop_size, crop_size), label (batch_size,).
+    """
+
+    exact_tops = 2
+
+    @classmethod
+    def _samples(cls) -> tuple[Sample, ...]:
+        from ..data.samples import sample_paths
+
+        paths = sample_paths()
+        return (Sample(f"window_data_param {{ source: '{paths['windows']}' root_folder: '{paths['root']}' "
+                       "batch_size: 4 fg_fraction: 0.5 context_pad: 2 crop_mode: 'square' } "
+                       "transform_param { crop_size: 9 mirror: true }", bottoms=(), tops=2, gradcheck=False,
+                       note="square crops with context, half foreground"),)
+
+    def make_loader(self, setup: LayerSetup):
+        from ..data.loaders import generators
+        from ..data.windows import WindowBatches
+
+        if setup.param.transform_param.scale != 1:
+            log.warning("%s: transform_param.scale is ignored; WindowData scales by "
+                        "window_data_param.scale (as Caffe does)", self.label)
+        (rng,) = generators(_seed(), 1)
+        return WindowBatches(setup.param.window_data_param, setup.param.transform_param, rng)
+
+
+@register_layer("AnnotatedData")
+class AnnotatedData(PrefetchingData):
+    """SSD's images with boxes, augmented: ``data_param`` (source, backend, batch_size,
+    rand_skip, prefetch), ``annotated_data_param { batch_sampler label_map_file anno_type }`` and
+    ``transform_param`` with SSD's ``resize_param``, ``distort_param``, ``expand_param``,
+    ``emit_constraint``.
+
+    The pipeline (distort, expand, sample a crop, resize, crop, mirror, mean, scale) is described
+    in :mod:`torchcaffe.data.annotated`.
+
+    Shapes: () -> data (batch_size, C, h, w), label (1, 1, num_boxes, 8) with rows
+    ``[item, label, instance, xmin, ymin, xmax, ymax, difficult]`` (num_boxes varies per batch;
+    at set-up it is the first record's count), or (batch_size, 1, 1, 1) class labels for records
+    without annotations.
+    """
+
+    min_tops = 1
+    max_tops = 2
+    origin = "SSD (weiliu89/caffe, branch ssd)"
+
+    @classmethod
+    def _samples(cls) -> tuple[Sample, ...]:
+        from ..data.samples import sample_paths
+
+        source = sample_paths()["annotated"]
+        return (
+            Sample(f"data_param {{ source: '{source}' backend: LMDB batch_size: 1 }} "
+                   "transform_param { mirror: true resize_param { height: 10 width: 12 resize_mode: WARP } }",
+                   bottoms=(), tops=2, gradcheck=False, note="boxes kept whole: two label rows per batch"),
+            Sample(f"data_param {{ source: '{source}' backend: LMDB batch_size: 2 }} "
+                   "transform_param { mean_value: 104 mean_value: 117 mean_value: 123 "
+                   "resize_param { height: 8 width: 8 interp_mode: LINEAR interp_mode: NEAREST } "
+                   "distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 "
+                   "contrast_lower: 0.5 contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 "
+                   "saturation_lower: 0.5 saturation_upper: 1.5 } expand_param { prob: 0.5 max_expand_ratio: 2 } "
+                   "emit_constraint { emit_type: CENTER } } annotated_data_param { batch_sampler { max_sample: 1 "
+                   "max_trials: 1 } batch_sampler { sampler { min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 "
+                   "max_aspect_ratio: 2 } sample_constraint { min_jaccard_overlap: 0.1 } max_sample: 1 "
+                   "max_trials: 50 } }", bottoms=(), tops=1, gradcheck=False,
+                   note="SSD's augmentation: distort, expand, sample, resize"),
+        )
+
+    def make_loader(self, setup: LayerSetup):
+        from ..data.annotated import AnnotatedBatches
+        from ..data.db import RecordCycle, open_database
+        from ..data.loaders import generators
+        from ..data.transformer import DataTransformer
+
+        p = setup.param.data_param
+        batch_size = _check_batch_size(self, "data_param.batch_size", p.batch_size)
+        transform_rng, rng = generators(_seed(), 2)
+        transformer = DataTransformer(setup.param.transform_param, setup.phase, transform_rng)
+        records = RecordCycle(open_database(p.source, p.backend))
+        return AnnotatedBatches(records, batch_size, transformer, setup.param.annotated_data_param,
+                                self.with_labels(), p.rand_skip, rng)
+
+
+@register_layer("DenseImageData")
+class DenseImageData(PrefetchingData):
+    """SegNet's image + label image pairs: ``dense_image_data_param { source root_folder
+    batch_size shuffle rand_skip new_height new_width is_color }``.
+
+    ``source`` lists ``<image> <label image>`` pairs; labels are read in grey (resized with
+    nearest-neighbour interpolation) and keep their values; the image goes through
+    ``transform_param``. See :mod:`torchcaffe.data.segmentation`.
+
+    Shapes: () -> data (batch_size, C, h, w), label (batch_size, 1, h, w).
+
+    Differs from SegNet: ``mirror`` and ``crop_size`` are applied to image and label alike
+    (SegNet refuses them); the SegNet forks' own ``mean_file``/``mirror``/``crop_*`` fields of
+    ``dense_image_data_param`` are refused: put them in ``transform_param``.
+    """
+
+    exact_tops = 2
+    origin = "SegNet (alexgkendall/caffe-segnet)"
+
+    @classmethod
+    def _samples(cls) -> tuple[Sample, ...]:
+        from ..data.samples import sample_paths
+
+        paths = sample_paths()
+        return (Sample(f"dense_image_data_param {{ source: '{paths['pairs']}' root_folder: '{paths['root']}' "
+                       "batch_size: 2 } transform_param { scale: 0.1 }", bottoms=(), tops=2, gradcheck=False,
+                       note="9x10 images with class maps"),)
+
+    def make_loader(self, setup: LayerSetup):
+        import cv2
+
+        from ..data.lists import read_pairs
+        from ..data.loaders import ListOrder, check_new_size, generators
+        from ..data.segmentation import PairedBatches, keep_labels
+        from ..data.transformer import DataTransformer
+
+        p = setup.param.dense_image_data_param
+        own = [n for n in ("mean_file", "mirror", "crop_width", "crop_height") if p.HasField(n)]
+        if own:
+            raise self.fail(f"dense_image_data_param.{', '.join(own)} is not supported; give the "
+                            f"transformation in transform_param")
+        batch_size = _check_batch_size(self, "dense_image_data_param.batch_size", p.batch_size)
+        transform_rng, shuffle_rng, skip_rng = generators(_seed(), 3)
+        transformer = DataTransformer(setup.param.transform_param, setup.phase, transform_rng)
+        order = ListOrder(read_pairs(p.source, "dense_image_data_param.source"), p.source, p.shuffle,
+                          p.rand_skip, shuffle_rng, skip_rng)
+        return PairedBatches(order, p.root_folder, batch_size, check_new_size(p.new_height, p.new_width),
+                             p.is_color, transformer, cv2.INTER_NEAREST, keep_labels)
+
+
+@register_layer("ImageLabelmapData")
+class ImageLabelmapData(PrefetchingData):
+    """HED's image + edge map pairs: ``image_data_param { source root_folder batch_size shuffle
+    rand_skip new_height new_width is_color }``.
+
+    Edge maps are read in grey, resized bilinearly with the image, and scaled to 0/1 as HED does
+    (``map / 255`` rounded). One random crop (``crop_size``) and mirror coin serve both, in
+    both phases (HED's ``LocTransform`` crops at random in TEST too); the image also gets mean
+    and scale. See :mod:`torchcaffe.data.segmentation`.
+
+    Shapes: () -> data (batch_size, C, h, w), label (batch_size, 1, h, w).
+    """
+
+    exact_tops = 2
+    origin = "HED (s9xie/hed)"
+
+    @classmethod
+    def _samples(cls) -> tuple[Sample, ...]:
+        from ..data.samples import sample_paths
+
+        paths = sample_paths()
+        return (Sample(f"image_data_param {{ source: '{paths['edges']}' root_folder: '{paths['root']}' "
+                       "batch_size: 2 } transform_param { crop_size: 5 mirror: true mean_value: 100 }",
+                       bottoms=(), tops=2, phase=TEST, gradcheck=False,
+                       note="edge maps to 0/1, crop random in TEST too"),)
+
+    def make_loader(self, setup: LayerSetup):
+        import cv2
+
+        from ..data.lists import read_pairs
+        from ..data.loaders import ListOrder, check_new_size, generators
+        from ..data.segmentation import PairedBatches, hed_edge_labels
+        from ..data.transformer import DataTransformer
+
+        p = setup.param.image_data_param
+        batch_size = _check_batch_size(self, "image_data_param.batch_size", p.batch_size)
+        transform_rng, shuffle_rng, skip_rng = generators(_seed(), 3)
+        transformer = DataTransformer(setup.param.transform_param, caffe_pb2.TRAIN, transform_rng)
+        order = ListOrder(read_pairs(p.source, "image_data_param.source"), p.source, p.shuffle, p.rand_skip,
+                          shuffle_rng, skip_rng)
+        return PairedBatches(order, p.root_folder, batch_size, check_new_size(p.new_height, p.new_width),
+                             p.is_color, transformer, cv2.INTER_LINEAR, hed_edge_labels)
+
+
+@register_layer("ImageSegData")
+class ImageSegData(PrefetchingData):
+    """DeepLab's images with segmentation labels: ``image_data_param { source root_folder
+    batch_size shuffle rand_skip new_height new_width is_color label_type ignore_label }`` and
+    ``transform_param { mean_value scale mirror crop_size | crop_height crop_width
+    scale_factors }``.
+
+    Images smaller than the crop are padded (image with the mean values, label with
+    ``ignore_label``, 255 by default) at the bottom and right; see
+    :mod:`torchcaffe.data.segmentation` for the whole transformation.
+
+    Shapes: () -> data (batch_size, C, h, w), label (batch_size, 1, h, w), and optionally
+    data_dim (batch_size, 1, 1, 2) holding each image's (height, width) capped at (h, w).
+    """
+
+    min_tops = 1
+    max_tops = 3
+    origin = "DeepLab v2 (deeplab-public-ver2; also hszhao/PSPNet)"
+
+    @classmethod
+    def _samples(cls) -> tuple[Sample, ...]:
+        from ..data.samples import sample_paths
+
+        paths = sample_paths()
+        return (
+            Sample(f"image_data_param {{ source: '{paths['segments']}' root_folder: '{paths['root']}' "
+                   "batch_size: 2 label_type: PIXEL } transform_param { crop_size: 9 mirror: true "
+                   "mean_value: 1 mean_value: 2 mean_value: 3 }", bottoms=(), tops=3, gradcheck=False,
+                   note="6x7 images padded to the 9x9 crop, data_dim top"),
+            Sample(f"image_data_param {{ source: '{paths['segments']}' root_folder: '{paths['root']}' "
+                   "batch_size: 1 label_type: NONE } transform_param { crop_height: 4 crop_width: 5 "
+                   "scale_factors: 0.5 scale_factors: 1 }", bottoms=(), tops=2, phase=TEST, gradcheck=False,
+                   note="no labels (all ignore_label), DeepLab's crop_height/width and scale factors"),
+        )
+
+    def make_loader(self, setup: LayerSetup):
+        from ..data.lists import read_segmentation_list
+        from ..data.loaders import ListOrder, generators
+        from ..data.segmentation import SegmentationBatches
+
+        p = setup.param.image_data_param
+        _check_batch_size(self, "image_data_param.batch_size", p.batch_size)
+        label_type = p.label_type
+        if p.HasField("has_label") and not p.has_label:  # DeepLab v1's switch
+            label_type = caffe_pb2.ImageDataParameter.NONE
+        rng, shuffle_rng, skip_rng = generators(_seed(), 3)
+        entries = read_segmentation_list(p.source, label_type != caffe_pb2.ImageDataParameter.NONE)
+        order = ListOrder(entries, p.source, p.shuffle, p.rand_skip, shuffle_rng, skip_rng)
+        return SegmentationBatches(order, p, setup.param.transform_param, setup.phase, label_type, rng,
+                                   self.num_tops)
+
+
+@register_layer("MemoryData")
+class MemoryData(Layer):
+    """Batches from arrays handed in by code: ``memory_data_param { batch_size channels height
+    width }``.
+
+    :meth:`set_input_arrays` (pycaffe's ``net.set_input_arrays``) or :meth:`reset` give N
+    images (N, channels, height, width) and N labels, N a multiple of ``batch_size``; every
+    forward returns the next ``batch_size`` of them, wrapping around. The arrays are used as
+    they are — not copied, not transformed (Caffe's ``Reset``); :meth:`add_datum_vector` and
+    :meth:`add_mat_vector` transform Datums or images with ``transform_param`` first.
+
+    Shapes: () -> data (batch_size, channels, height, width), label (batch_size,).
+
+    Differs from Caffe: before any data is given, the tops are zeros and a warning is logged
+    (Caffe stops with "MemoryDataLayer needs to be initialized by calling Reset"), so that a net
+    can be built, shaped and exported before it is fed. Caffe reshapes the label to
+    (batch_size, 1, 1, 1) at the first forward; here it stays (batch_size,).
+    """
+
+    exact_bottoms = 0
+    exact_tops = 2
+    differentiable = False
+    samples = (Sample("memory_data_param { batch_size: 2 channels: 3 height: 4 width: 5 }", bottoms=(), tops=2,
+                      gradcheck=False, note="no arrays given yet: zero tops"),)
+
+    def __init__(self, setup: LayerSetup):
+        super().__init__(setup)
+        p = setup.param.memory_data_param
+        self.batch_size, self.channels, self.height, self.width = (int(v) for v in (p.batch_size, p.channels,
+                                                                                    p.height, p.width))
+        if min(self.batch_size, self.channels, self.height, self.width) <= 0:
+            raise self.fail("batch_size, channels, height and width must be given and positive in "
+                            f"memory_data_param, got {self.batch_size}, {self.channels}, {self.height}, "
+                            f"{self.width}")
+        self.transform_param = setup.param.transform_param
+        self.has_transform_param = setup.param.HasField("transform_param")
+        self.phase_for_transform = setup.phase
+        self.register_buffer("_device", torch.zeros(0), persistent=False)
+        self.data: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.position = 0
+        self._transformer = None
+        self._warned = False
+
+    def top_shapes(self, bottom_shapes):
+        return [torch.Size((self.batch_size, self.channels, self.height, self.width)),
+                torch.Size((self.batch_size,))]
+
+    def set_input_arrays(self, data, labels) -> None:
+        """pycaffe's ``Net.set_input_arrays(data, labels)``: ``data`` (N, channels, height,
+        width), ``labels`` (N,) or (N, 1, 1, 1), N a multiple of ``batch_size``. float32
+        C-contiguous arrays are used in place (later changes to them are seen, as in Caffe);
+        other arrays are converted once."""
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        labels = np.ascontiguousarray(labels, dtype=np.float32)
+        expected = (self.channels, self.height, self.width)
+        if data.ndim != 4 or data.shape[1:] != expected:
+            raise self.fail(f"set_input_arrays: data must be (N, {', '.join(map(str, expected))}), got "
+                            f"shape {data.shape}")
+        if labels.shape not in ((data.shape[0],), (data.shape[0], 1, 1, 1)):
+            raise self.fail(f"set_input_arrays: labels must be ({data.shape[0]},) or "
+                            f"({data.shape[0]}, 1, 1, 1) to match the data, got shape {labels.shape}")
+        self.reset(data, labels.reshape(-1), data.shape[0])
+
+    def reset(self, data, labels, n: int) -> None:
+        """Caffe's ``Reset(data, labels, n)``: serve the first ``n`` items of ``data``/``labels``
+        (``n`` a multiple of ``batch_size``) from the start."""
+        n = int(n)
+        if n <= 0 or n % self.batch_size:
+            raise self.fail(f"the number of items ({n}) must be a positive multiple of the batch size "
+                            f"({self.batch_size})")
+        if self.has_transform_param:
+            log.warning("%s: arrays given to reset/set_input_arrays are not transformed (as in Caffe)",
+                        self.label)
+        self.data = torch.as_tensor(data).reshape(-1, self.channels, self.height, self.width)[:n]
+        self.labels = torch.as_tensor(labels).reshape(-1)[:n]
+        if self.data.shape[0] < n or self.labels.shape[0] < n:
+            raise self.fail(f"reset: n = {n} but only {self.data.shape[0]} images and "
+                            f"{self.labels.shape[0]} labels were given")
+        self.position = 0
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Caffe's ``set_batch_size``: serve batches of another size from now on."""
+        if batch_size <= 0:
+            raise self.fail(f"batch_size must be > 0, got {batch_size}")
+        self.batch_size = int(batch_size)
+
+    def add_datum_vector(self, datums) -> None:
+        """Caffe's ``AddDatumVector``: Datums transformed by ``transform_param``, with their labels."""
+        from ..data.datum import datum_image
+
+        images = [datum_image(d, f"{self.label}: datum {i}", self._decode_color()) for i, d in enumerate(datums)]
+        self._add_transformed(images, [d.label for d in datums])
+
+    def add_mat_vector(self, images, labels) -> None:
+        """Caffe's ``AddMatVector``: OpenCV images (H, W, C) transformed by ``transform_param``."""
+        from ..data.image import to_chw
+
+        images = [to_chw(np.asarray(im)[:, :, None] if np.asarray(im).ndim == 2 else np.asarray(im)) for im in images]
+        self._add_transformed(images, list(labels))
+
+    def _decode_color(self):
+        return self._get_transformer().decode_color
+
+    def _get_transformer(self):
+        if self._transformer is None:
+            from ..data.loaders import generators
+            from ..data.transformer import DataTransformer
+
+            try:
+                self._transformer = DataTransformer(self.transform_param, self.phase_for_transform,
+                                                    generators(_seed(), 1)[0])
+            except DataError as err:
+                raise self.fail(str(err)) from None
+        return self._transformer
+
+    def _add_transformed(self, images, labels) -> None:
+        if not images or len(images) % self.batch_size or len(images) != len(labels):
+            raise self.fail(f"add {len(images)} images with {len(labels)} labels: there must be a "
+                            f"positive multiple of the batch size ({self.batch_size}), one label each")
+        transformer = self._get_transformer()
+        try:
+            data = np.stack([transformer.transform(image) for image in images])
+        except DataError as err:
+            raise self.fail(str(err)) from None
+        expected = (self.channels, self.height, self.width)
+        if data.shape[1:] != expected:
+            raise self.fail(f"the transformed images are {data.shape[1:]} but memory_data_param says {expected}")
+        self.data = torch.from_numpy(data)
+        self.labels = torch.tensor(labels, dtype=torch.float32)
+        self.position = 0
+
+    def forward(self):
+        anchor = self._device
+        if self.data is None:
+            if not self._warned:
+                log.warning("%s: no data yet (call set_input_arrays or reset); the tops are zeros", self.label)
+                self._warned = True
+            data = anchor.new_zeros((self.batch_size, self.channels, self.height, self.width))
+            return data, anchor.new_zeros((self.batch_size,))
+        n = self.data.shape[0]
+        if n % self.batch_size:
+            raise self.fail(f"{n} items are not a multiple of the batch size {self.batch_size}")
+        rows = slice(self.position, self.position + self.batch_size)
+        self.position = (self.position + self.batch_size) % n
+        return (self.data[rows].to(anchor.device, anchor.dtype), self.labels[rows].to(anchor.device, anchor.dtype))
+
+
 # -- sample files for the generic layer tests -----------------------------------------------------
 
 class _LazySamples:
@@ -358,6 +945,8 @@ class _LazySamples:
 
 HDF5Data.samples = _LazySamples()
 HDF5Output.samples = _LazySamples()
+for _reader in (Data, ImageData, WindowData, AnnotatedData, DenseImageData, ImageLabelmapData, ImageSegData):
+    _reader.samples = _LazySamples()
 _SAMPLE_FILES: dict[str, str] = {}
 
 

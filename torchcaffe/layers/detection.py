@@ -310,6 +310,14 @@ class Normalize(Layer):
         scale = self.scale if self.channel_shared else self.scale.reshape(1, c, 1)
         return (y * scale).reshape(x.shape)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        channels = code.bottom_shapes[0][1]
+        args = [str(channels)] + [f"{name}=True" for name in ("across_spatial", "channel_shared")
+                                  if getattr(self, name)]
+        return code.module(f"{code.helper('Normalize')}({', '.join(args)}, eps={code.number(self.eps)})",
+                           weight=self.scale)
+
 
 # ================================================================================================
 # Permute
@@ -373,6 +381,11 @@ class Permute(Layer):
         if self.identity:
             return x
         return x.permute(*self.order).contiguous()
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x = code.bottoms[0]
+        return code.line(x if self.identity else f"{x}.permute({', '.join(map(str, self.order))})")
 
 
 # ================================================================================================
@@ -547,6 +560,12 @@ class PriorBox(Layer):
             self._cache = {key: torch.tensor(self._boxes(shapes), dtype=bottoms[0].dtype, device=bottoms[0].device)}
         return self._cache[key]
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """The priors depend only on sizes: computed here, for the exported input size, and stored."""
+        boxes = torch.tensor(self._boxes(code.bottom_shapes[:2]), dtype=torch.float32)
+        return code.module(f"{code.helper('Fixed')}({tuple(boxes.shape)})", f"{code.attribute}()", value=boxes)
+
 
 # ================================================================================================
 # DetectionOutput
@@ -702,6 +721,20 @@ class DetectionOutput(Layer):
             c, j = pairs[k]
             out.setdefault(c, []).append(j)
         return out
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def _no_export(self, to: str):
+        from ..export.common import ExportError
+        return ExportError(f"{self.label}: cannot be exported to {to}: SSD's decoding, per-class NMS (top_k, eta) "
+                           f"and keep_top_k run as data-dependent Python here, and ONNX's NonMaxSuppression does "
+                           f"not follow the fork's rules; export the blobs it reads instead (outputs=[...] with "
+                           f"its bottoms) and run the detection step on them")
+
+    def export_onnx(self, *bottoms):
+        raise self._no_export("ONNX")
+
+    def export_source(self, code):
+        raise self._no_export("PyTorch source")
 
 
 # ================================================================================================

@@ -201,6 +201,19 @@ class ROIPooling(Layer):
         top = x.reshape(-1)[index]
         return torch.where(found, top, fill)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_onnx(self, x, rois):
+        """ONNX's MaxRoiPool is the fork's ROI pooling (onnxruntime rounds as the fork does)."""
+        from ..export.onnx_ops import as_onnx_node
+        return as_onnx_node("MaxRoiPool", lambda: self.forward(x, rois), x, rois.reshape(rois.shape[0], 5),
+                            pooled_shape_i=list(self.pooled), spatial_scale_f=self.spatial_scale)
+
+    def export_source(self, code):
+        x, rois = code.bottoms
+        helper = code.helper("caffe_roi_pool")
+        return code.line(f"{helper}({x}, {rois}, {self.pooled[0]}, {self.pooled[1]}, "
+                         f"{code.number(self.spatial_scale)})")
+
 
 # ------------------------------------------------------------------------------------------------
 # PSROIPooling
@@ -304,6 +317,18 @@ class PSROIPooling(Layer):
         total = ((s11 - s01) - (s10 - s00)).to(x.dtype)
         return torch.where(empty, torch.zeros((), dtype=x.dtype, device=x.device),
                            total / torch.where(empty, torch.ones_like(area), area))
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_onnx(self, x, rois):
+        from ..export.common import ExportError
+        raise ExportError(f"{self.label}: cannot be exported to ONNX: ONNX has no position-sensitive ROI "
+                          f"pooling operator and the bins depend on the ROI values; export to PyTorch "
+                          f"source, or export the blobs it reads (outputs=[...])")
+
+    def export_source(self, code):
+        x, rois = code.bottoms
+        return code.line(f"{code.helper('caffe_psroi_pool')}({x}, {rois}, {self.output_dim}, {self.group}, "
+                         f"{code.number(self.spatial_scale)})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -429,6 +454,19 @@ class Interp(Layer):
         top, bottom = x.index_select(2, r0), x.index_select(2, r1)
         return (lh0 * (lw0 * top.index_select(3, c0) + lw1 * top.index_select(3, c1))
                 + lh1 * (lw0 * bottom.index_select(3, c0) + lw1 * bottom.index_select(3, c1)))
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """The ``caffe_interp`` helper (the fork's float32 grid) after the crop; the size is the one
+        computed for the exported input."""
+        x = code.bottoms[0]
+        _, (h_eff, w_eff), (height, width) = self._sizes(code.bottom_shapes)
+        o = -self.p.pad_beg
+        if tuple(code.bottom_shapes[0][2:]) != (h_eff, w_eff):
+            x = f"{x}[:, :, {o}:{o + h_eff}, {o}:{o + w_eff}]"
+        if (h_eff, w_eff) == (height, width):
+            return code.line(f"{x}.clone()")
+        return code.line(f"{code.helper('caffe_interp')}({x}, {height}, {width})")
 
 
 # ------------------------------------------------------------------------------------------------

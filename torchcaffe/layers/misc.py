@@ -83,6 +83,14 @@ class ShuffleChannel(Layer):
         rows = x.reshape(n, self.group, c // self.group, -1)
         return rows.transpose(1, 2).reshape(x.shape)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x, shape = code.bottoms[0], code.bottom_shapes[0]
+        if self.group == 1:
+            return code.line(x)
+        return code.line(f"{x}.reshape({x}.shape[0], {self.group}, {shape[1] // self.group}, -1)"
+                         f".transpose(1, 2).reshape({x}.shape)")
+
 
 # ------------------------------------------------------------------------------------------------
 # Depthwise convolutions
@@ -266,6 +274,14 @@ class Axpy(Layer):
 
     def forward(self, a, x, y):
         return a.reshape(a.shape[:2] + (1,) * (x.dim() - 2)) * x + y
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        a, x, y = code.bottoms
+        missing = len(code.bottom_shapes[1]) - len(code.bottom_shapes[0])
+        if missing:
+            a = f"{a}[..., {', '.join(['None'] * missing)}]"
+        return code.line(f"{a} * {x} + {y}")
 
 
 # ------------------------------------------------------------------------------------------------

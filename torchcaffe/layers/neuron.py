@@ -70,6 +70,13 @@ class ReLU(NeuronLayer):
     def caffe_inplace_backward(self, x, final, grad):
         return grad * torch.where(final > 0, 1.0, self.negative_slope).to(grad.dtype)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x = code.bottoms[0]
+        if self.negative_slope == 0:
+            return code.line(f"F.relu({x})")
+        return code.line(f"F.leaky_relu({x}, {code.number(self.negative_slope)})")
+
 
 @register_layer("Sigmoid")
 class Sigmoid(NeuronLayer):
@@ -85,6 +92,10 @@ class Sigmoid(NeuronLayer):
     def caffe_inplace_backward(self, x, final, grad):
         return grad * final * (1 - final)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        return code.line(f"torch.sigmoid({code.bottoms[0]})")
+
 
 @register_layer("TanH")
 class TanH(NeuronLayer):
@@ -99,6 +110,10 @@ class TanH(NeuronLayer):
 
     def caffe_inplace_backward(self, x, final, grad):
         return grad * (1 - final * final)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        return code.line(f"torch.tanh({code.bottoms[0]})")
 
 
 @register_layer("AbsVal")
@@ -116,6 +131,10 @@ class AbsVal(NeuronLayer):
     def forward(self, x):
         return torch.abs(x)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        return code.line(f"{code.bottoms[0]}.abs()")
+
 
 @register_layer("BNLL")
 class BNLL(NeuronLayer):
@@ -132,6 +151,10 @@ class BNLL(NeuronLayer):
     def caffe_inplace_backward(self, x, final, grad):
         e = torch.exp(torch.clamp(final, max=50.0))
         return grad * e / (e + 1)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        return code.line(f"F.softplus({code.bottoms[0]})")
 
 
 @register_layer("ELU")
@@ -155,6 +178,10 @@ class ELU(NeuronLayer):
     def caffe_inplace_backward(self, x, final, grad):
         return torch.where(final > 0, grad, grad * (final + self.alpha))
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        return code.line(f"F.elu({code.bottoms[0]}, {code.number(self.alpha)})")
+
 
 @register_layer("Swish")
 class Swish(NeuronLayer):
@@ -172,6 +199,12 @@ class Swish(NeuronLayer):
     def caffe_inplace_backward(self, x, final, grad):
         s = torch.sigmoid(self.beta * x)  # Caffe caches sigmoid(beta * x) of the real input
         return grad * (self.beta * final + s * (1 - self.beta * final))
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x = code.bottoms[0]
+        scaled = x if self.beta == 1 else f"{code.number(self.beta)} * {x}"
+        return code.line(f"{x} * torch.sigmoid({scaled})")
 
 
 @register_layer("Clip")
@@ -198,6 +231,10 @@ class Clip(NeuronLayer):
 
     def caffe_inplace_backward(self, x, final, grad):
         return grad * ((final >= self.min) & (final <= self.max)).to(grad.dtype)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        return code.line(f"{code.bottoms[0]}.clamp({code.number(self.min)}, {code.number(self.max)})")
 
 
 @register_layer("Power")
@@ -246,6 +283,20 @@ class Power(NeuronLayer):
             return grad * self.power * final / final
         return grad * diff_scale * final / (self.shift + self.scale * final)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """``(shift + scale * x) ** power``, written as forward computes it."""
+        x, n = code.bottoms[0], code.number
+        if self.scale * self.power == 0:
+            value = 1.0 if self.power == 0 else self.shift ** self.power
+            return code.line(f"torch.full_like({x}, {n(value)})")
+        y = x
+        if self.scale != 1 or self.shift != 0:
+            y = f"({x} * {n(self.scale)} + {n(self.shift)})"
+        if self.power == 1:
+            return code.line(y)
+        return code.line(f"{y} * {y}" if self.power == 2 else f"torch.pow({y}, {n(self.power)})")
+
 
 @register_layer("Exp")
 class Exp(NeuronLayer):
@@ -273,6 +324,13 @@ class Exp(NeuronLayer):
 
     def caffe_inplace_backward(self, x, final, grad):
         return grad * final * self.inner_scale
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """``base ** (shift + scale * x)`` as ``exp(x * log(base) * scale) * base ** shift``."""
+        x, n = code.bottoms[0], code.number
+        y = f"torch.exp({x} * {n(self.inner_scale)})" if self.inner_scale != 1 else f"torch.exp({x})"
+        return code.line(f"{y} * {n(self.outer_scale)}" if self.outer_scale != 1 else y)
 
 
 @register_layer("Log")
@@ -302,6 +360,15 @@ class Log(NeuronLayer):
     def caffe_inplace_backward(self, x, final, grad):
         return grad * (self.scale * self.base_scale) / (self.shift + self.scale * final)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """``log_base(shift + scale * x)`` as ``log(scale * x + shift) / log(base)``."""
+        x, n = code.bottoms[0], code.number
+        if self.scale != 1 or self.shift != 0:
+            x = f"{x} * {n(self.scale)} + {n(self.shift)}"
+        y = f"torch.log({x})"
+        return code.line(f"{y} * {n(self.base_scale)}" if self.base_scale != 1 else y)
+
 
 @register_layer("Threshold")
 class Threshold(NeuronLayer):
@@ -320,6 +387,11 @@ class Threshold(NeuronLayer):
 
     def forward(self, x):
         return (x.detach() > self.threshold).to(x.dtype)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x = code.bottoms[0]
+        return code.line(f"({x} > {code.number(self.threshold)}).to({x}.dtype)")
 
 
 @register_layer("Dropout")
@@ -359,6 +431,18 @@ class Dropout(NeuronLayer):
         kept = x * (torch.rand_like(x) >= self.ratio).to(x.dtype)
         return kept * (1.0 / (1.0 - self.ratio)) if self.scale_train else kept
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """TEST: the identity, written as ``F.dropout(x, p, self.training)`` so that training the
+        generated module drops out as Caffe's TRAIN does (Fast R-CNN's ``scale_train: false``:
+        ``x * (1 - p)``, as its TEST does)."""
+        x = code.bottoms[0]
+        if self.ratio == 0:
+            return code.line(x)
+        if not self.scale_train:
+            return code.line(f"{x} * {code.number(1.0 - self.ratio)}")
+        return code.line(f"F.dropout({x}, {code.number(self.ratio)}, self.training)")
+
 
 @register_layer("PReLU")
 class PReLU(NeuronLayer):
@@ -386,3 +470,8 @@ class PReLU(NeuronLayer):
     def forward(self, x):
         slope = self.slope if self.channel_shared else self.slope.view((-1,) + (1,) * (x.dim() - 2))
         return torch.where(x > 0, x, x * slope)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        channels = 1 if self.channel_shared else self.slope.shape[0]
+        return code.module(f"nn.PReLU({channels})", weight=self.slope.reshape(channels))

@@ -110,11 +110,9 @@ class BatchNorm(Layer):
             raise self.fail(f"was built for {self.channels} channels (axis 1), got a bottom of shape "
                             f"{tuple(x.shape)}")
         stats_shape = (1, -1) + (1,) * (x.dim() - 2)
-        if self.use_global_stats:
-            factor = self.scale_factor.to(x.dtype)
-            inverse = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
-            mean = self.mean_sum.to(x.dtype) * inverse
-            var = self.variance_sum.to(x.dtype) * inverse
+        if self.use_global_stats:  # one fused pass; the statistics get no gradient, as in Caffe
+            mean, var = self.stored_statistics(x.dtype)
+            return F.batch_norm(x, mean.detach(), var.detach(), None, None, False, 0.0, self.eps)
         else:
             dims = [0, *range(2, x.dim())]
             mean = x.mean(dim=dims)
@@ -130,6 +128,35 @@ class BatchNorm(Layer):
             self.scale_factor.mul_(maf).add_(1)
             self.mean_sum.mul_(maf).add_(mean.to(self.mean_sum.dtype))
             self.variance_sum.mul_(maf).add_(var.to(self.variance_sum.dtype), alpha=correction)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def stored_statistics(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and variance TEST uses: the running sums divided by the scale factor (0 if 0)."""
+        factor = self.scale_factor.to(dtype)
+        inverse = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+        return self.mean_sum.to(dtype) * inverse, self.variance_sum.to(dtype) * inverse
+
+    def export_onnx(self, x):
+        """One BatchNormalization node, the scale factor folded into its mean and variance (constant
+        folding turns them into plain initializers). With batch statistics the ops are traced, the
+        running sums left alone."""
+        if not self.use_global_stats:
+            dims = [0, *range(2, x.dim())]
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            mean = x.mean(dim=dims)
+            var = (x - mean.view(shape)).square().mean(dim=dims)
+            return (x - mean.view(shape)) / torch.sqrt(var + self.eps).view(shape)
+        from ..export.onnx_ops import untraced
+        mean, var = untraced(lambda: self.stored_statistics(x.dtype))  # constants in the graph
+        return F.batch_norm(x, mean, var, None, None, False, 0.0, self.eps)
+
+    def export_source(self, code):
+        """The ``BatchNorm`` helper module holding the folded statistics (Caffe's formula exactly)."""
+        if not self.use_global_stats:
+            return code.line(f"F.batch_norm({code.bottoms[0]}, None, None, training=True, eps={code.number(self.eps)})")
+        mean, var = self.stored_statistics()
+        return code.module(f"{code.helper('BatchNorm')}({self.channels}, eps={code.number(self.eps)})",
+                           mean=mean, var=var)
 
 
 # -- MVN ---------------------------------------------------------------------------------------
@@ -285,6 +312,26 @@ class LRN(Layer):
         window_sum = padded.unfold(1, self.size, 1).sum(dim=-1)
         return x * (self.k + (self.alpha / self.size) * window_sum).pow(-self.beta)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_onnx(self, x):
+        """ACROSS_CHANNELS is ONNX's LRN exactly (odd ``local_size``: a centred window, the sum scaled
+        by ``alpha / size``); WITHIN_CHANNEL traces to AveragePool as it is."""
+        if self.within_channel:
+            return self.forward(x)
+        from ..export.onnx_ops import as_onnx_node
+        return as_onnx_node("LRN", lambda: self.forward(x), x, size_i=self.size, alpha_f=self.alpha,
+                            beta_f=self.beta, bias_f=self.k)
+
+    def export_source(self, code):
+        """ACROSS_CHANNELS: torch's ``F.local_response_norm`` (the same formula); WITHIN_CHANNEL: the
+        ``caffe_lrn_within_channel`` helper."""
+        x, n = code.bottoms[0], code.number
+        if self.within_channel:
+            helper = code.helper("caffe_lrn_within_channel")
+            return code.line(f"{helper}({x}, {self.size}, alpha={n(self.alpha)}, beta={n(self.beta)})")
+        return code.line(f"F.local_response_norm({x}, {self.size}, alpha={n(self.alpha)}, beta={n(self.beta)}, "
+                         f"k={n(self.k)})")
+
 
 # -- Scale and Bias ----------------------------------------------------------------------------
 def _learned_shape(layer: Layer, shape: Sequence[int], axis: int, num_axes: int, what: str) -> tuple[int, ...]:
@@ -397,10 +444,31 @@ class Scale(_Affine):
             self.add_blob("bias", bias_shape, p.bias_filler)
 
     def forward(self, x, *scale_bottom):
-        y = x * self._operand("scale", x, scale_bottom)
+        scale = self._operand("scale", x, scale_bottom)
+        if self.bias_term:  # one fused pass
+            return torch.addcmul(_broadcastable(self, self.bias, x, self.axis, "scale"), x, scale)
+        return x * scale
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """A learned scale: the ``Scale`` helper module, its parameters shaped to broadcast
+        (``(C, 1, 1)`` for NCHW); a scale from bottom 1: ``x * s[..., None, None]``."""
+        x_shape = code.bottom_shapes[0]
+        if len(code.bottoms) == 2:
+            x, s = code.bottoms
+            trailing = len(_aligned_shape(self, code.bottom_shapes[1], x_shape, self.axis, "scale")) - len(code.bottom_shapes[1])
+            product = f"{x} * {s}" + (f"[..., {', '.join(['None'] * trailing)}]" if trailing else "")
+            if not self.bias_term:
+                return code.line(product)
+            shape = _aligned_shape(self, self.bias.shape, x_shape, self.axis, "scale")
+            return code.module(f"{code.helper('Bias')}({shape})", f"{code.attribute}({product})",
+                               bias=self.bias.reshape(shape))
+        shape = _aligned_shape(self, self.scale.shape, x_shape, self.axis, "scale")
+        state = {"weight": self.scale.reshape(shape)}
         if self.bias_term:
-            y = y + _broadcastable(self, self.bias, x, self.axis, "scale")
-        return y
+            state["bias"] = self.bias.reshape(shape)
+        bias = ", bias=True" if self.bias_term else ""
+        return code.module(f"{code.helper('Scale')}({shape}{bias})", **state)
 
 
 @register_layer("Bias")
@@ -441,3 +509,13 @@ class Bias(_Affine):
 
     def forward(self, x, *bias_bottom):
         return x + self._operand("bias", x, bias_bottom)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x_shape = code.bottom_shapes[0]
+        if len(code.bottoms) == 2:
+            x, b = code.bottoms
+            trailing = len(_aligned_shape(self, code.bottom_shapes[1], x_shape, self.axis, "bias")) - len(code.bottom_shapes[1])
+            return code.line(f"{x} + {b}" + (f"[..., {', '.join(['None'] * trailing)}]" if trailing else ""))
+        shape = _aligned_shape(self, self.bias.shape, x_shape, self.axis, "bias")
+        return code.module(f"{code.helper('Bias')}({shape})", bias=self.bias.reshape(shape))

@@ -15,7 +15,9 @@ one of:
 Both get ``param_str`` (and ``param_str_``, as the Faster R-CNN fork spells it) and ``phase``
 before ``setup``. Anything else the module/layer names resolve to — ``os.system``, a function, a
 class of another kind — is refused before it is called; ``Net(..., allow_python_layers=False)``
-refuses every Python layer.
+refuses every Python layer. ``Python.from_class(cls, bottom_shapes, param_str, phase)`` builds
+the layer from a class directly (scripts, tests, the gradient checker). See
+``docs/python_layers.md``.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..net.blob import ArrayBlob, ParamBlob
+from ..net.blob import ArrayBlob, ParamBlob, sync_host_mirrors
+from ..proto import caffe_pb2
 from .base import TRAIN, Layer, LayerSetup, Sample
 from .registry import register_layer
 
@@ -119,12 +122,16 @@ class Python(Layer):
                bottoms=((2, 3, 4, 5),), note="seed 000's L2 normalisation as a TorchLayer"),
     )
 
-    def __init__(self, setup: LayerSetup):
+    def __init__(self, setup: LayerSetup, cls: type | None = None):
         super().__init__(setup)
         p = setup.param.python_param
         if not setup.allow_python:
             raise self.fail("Python layers are refused in this net (allow_python_layers=False)")
-        cls = resolve_python_layer(p.module, p.layer, self)
+        if cls is None:
+            cls = resolve_python_layer(p.module, p.layer, self)
+        elif not (isinstance(cls, type) and issubclass(cls, (PythonLayer, TorchLayer))):
+            raise self.fail(f"{cls!r} is not a subclass of torchcaffe.Layer (pycaffe's caffe.Layer) or "
+                            f"torchcaffe.TorchLayer; refusing to call it")
         impl = cls()
         impl.param_str = impl.param_str_ = p.param_str
         impl.phase = setup.phase
@@ -133,6 +140,20 @@ class Python(Layer):
             self._setup_torch(impl, setup.bottom_shapes)
         else:
             self._setup_classic(impl, setup.bottom_shapes)
+
+    @classmethod
+    def from_class(cls, layer_class: type, bottom_shapes, param_str: str = "", phase: int = TRAIN,
+                   name: str = "python", num_tops: int = 1) -> "Python":
+        """The layer that ``python_param { module layer param_str }`` naming ``layer_class`` would
+        build, made directly from the class (for classes defined in a script or a test, and for
+        the gradient checker): ``Python.from_class(MyLayer, [(2, 3)], param_str="4")``."""
+        param = caffe_pb2.LayerParameter(name=name, type="Python")
+        param.python_param.module = getattr(layer_class, "__module__", "") or ""
+        param.python_param.layer = getattr(layer_class, "__qualname__", "") or ""
+        param.python_param.param_str = param_str
+        param.top.extend(f"{name}_top{i}" for i in range(num_tops))
+        setup = LayerSetup(param, [torch.Size(tuple(s)) for s in bottom_shapes], phase)
+        return cls(setup, layer_class)
 
     # -- torch style -------------------------------------------------------------------------------
     def _setup_torch(self, impl: TorchLayer, bottom_shapes) -> None:
@@ -195,6 +216,7 @@ class _ClassicPython(torch.autograd.Function):
                 top.data = top.data.astype(np_dtype)
         host.classic.reshape(bottom, host.tops)
         host.classic.forward(bottom, host.tops)
+        sync_host_mirrors()  # on a GPU, what the layer wrote into its blobs goes back to the device
         ctx.host, ctx.bottom, ctx.num_bottoms = host, bottom, num_bottoms
         ctx.top = [ArrayBlob(np.array(t.data, copy=True)) for t in host.tops]  # this call's values
         ctx.device, ctx.dtype = device, dtype
@@ -209,6 +231,7 @@ class _ClassicPython(torch.autograd.Function):
             blob.diff = np.zeros_like(blob.data)
         propagate_down = [bool(ctx.needs_input_grad[2 + i]) for i in range(ctx.num_bottoms)]
         host.classic.backward(top, propagate_down, bottom)
+        sync_host_mirrors()  # on a GPU, the blob diffs it wrote reach the parameters' .grad now
         bottom_grads = tuple(torch.from_numpy(np.asarray(b.diff)).to(ctx.device, ctx.dtype) if need else None
                              for b, need in zip(bottom, propagate_down))
         # parameter diffs: the layer wrote them into its blobs' diffs (the parameters' .grad) itself

@@ -79,6 +79,12 @@ class Concat(Layer):
         axis = self._axis([x.shape for x in xs])
         return xs[0] if len(xs) == 1 else torch.cat(xs, dim=axis)
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        if len(code.bottoms) == 1:
+            return code.line(code.bottoms[0])
+        return code.line(f"torch.cat([{', '.join(code.bottoms)}], {self._axis(code.bottom_shapes)})")
+
 
 @register_layer("Slice")
 class Slice(Layer):
@@ -136,6 +142,14 @@ class Slice(Layer):
             return x
         return tuple(torch.split(x, sizes, dim=axis))
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        axis, sizes = self._sizes(code.bottom_shapes[0])
+        x = code.bottoms[0]
+        if len(sizes) == 1:
+            return code.line(x)
+        return code.line(f"torch.split({x}, {sizes}, dim={axis})")
+
 
 @register_layer("Split")
 class Split(Layer):
@@ -164,6 +178,10 @@ class Split(Layer):
 
     def forward(self, x):
         return tuple(x.view_as(x) for _ in range(self.num_tops))
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        return code.same_as_bottoms()
 
 
 @register_layer("Flatten")
@@ -206,6 +224,23 @@ class Flatten(Layer):
 
     def forward(self, x):
         return x.reshape(self._top_shape(x.shape))
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def _axes(self, num_axes: int) -> tuple[int, int]:
+        start = axis_index(self, self.param.axis, num_axes, "flatten_param axis")
+        return start, axis_index(self, self.param.end_axis, num_axes, "flatten_param end_axis")
+
+    def export_onnx(self, x):
+        """``torch.flatten`` keeps the batch axis symbolic (the forward's shape is all constants)."""
+        start, end = self._axes(x.dim())
+        return x.unsqueeze(start) if end + 1 == start else x.flatten(start, end)
+
+    def export_source(self, code):
+        x, shape = code.bottoms[0], code.bottom_shapes[0]
+        start, end = self._axes(len(shape))
+        if end + 1 == start:
+            return code.line(f"{x}.unsqueeze({start})")
+        return code.line(f"{x}.flatten({start})" if end == len(shape) - 1 else f"{x}.flatten({start}, {end})")
 
 
 @register_layer("Reshape")
@@ -287,6 +322,25 @@ class Reshape(Layer):
     def forward(self, x):
         return x.reshape(self._top_shape(x.shape))
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def symbolic_top_shape(self, sizes: list, static_shape) -> list:
+        """The top shape with each copied axis (a ``0``, or an axis outside ``[axis, axis + num_axes)``)
+        taken from ``sizes`` — traced sizes, or source text — and a ``-1`` kept, so that the batch
+        axis stays symbolic; ``static_shape`` is the bottom's shape for Caffe's checks."""
+        n = len(static_shape)
+        self._top_shape(static_shape)
+        start = self.axis if self.axis >= 0 else n + self.axis + 1
+        end = n if self.num_axes == -1 else start + self.num_axes
+        return sizes[:start] + [sizes[start + i] if d == 0 else d for i, d in enumerate(self.dims)] + sizes[end:]
+
+    def export_onnx(self, x):
+        return x.reshape(self.symbolic_top_shape(list(x.shape), x.shape))
+
+    def export_source(self, code):
+        x, shape = code.bottoms[0], code.bottom_shapes[0]
+        sizes = self.symbolic_top_shape([f"{x}.shape[{i}]" for i in range(len(shape))], shape)
+        return code.line(f"{x}.reshape({', '.join(map(str, sizes))})")
+
 
 @register_layer("Tile")
 class Tile(Layer):
@@ -322,6 +376,13 @@ class Tile(Layer):
         repeats = [1] * x.dim()
         repeats[axis] = self.tiles
         return x.repeat(repeats)
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        x, shape = code.bottoms[0], code.bottom_shapes[0]
+        repeats = [1] * len(shape)
+        repeats[axis_index(self, self.axis, len(shape), "tile_param axis")] = self.tiles
+        return code.line(f"{x}.repeat({', '.join(map(str, repeats))})")
 
 
 @register_layer("Silence")

@@ -204,6 +204,31 @@ class _ConvolutionBase(Layer):
     def _call(self, x, weight, stride, pad, dilation):
         raise NotImplementedError
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """``nn.Conv{1,2,3}d`` / ``nn.ConvTranspose{1,2,3}d`` (channel axis 1); several bottoms call the
+        one submodule each."""
+        if not self.direct:
+            raise code.unsupported(f"convolution_param axis {self.axis} with {self.num_spatial} spatial axes "
+                                   f"(torch convolves axis 1 of 3-D to 5-D tensors)")
+        g, ints = self.geometry, code.ints
+        kind = "nn.ConvTranspose" if self.transposed else "nn.Conv"
+        args = [str(self.channels), str(self.num_output), f"kernel_size={ints(g.kernel)}"]
+        args += [f"{name}={ints(values)}" for name, values, default in
+                 (("stride", g.stride, 1), ("padding", g.pad, 0), ("dilation", g.dilation, 1))
+                 if set(values) != {default}]
+        if self.group != 1:
+            args.append(f"groups={self.group}")
+        state = {"weight": self.weight}
+        if self.bias is None:
+            args.append("bias=False")
+        else:
+            state["bias"] = self.bias
+        constructor = f"{kind}{self.num_spatial}d({', '.join(args)})"
+        calls = [f"{code.attribute}({x})" for x in code.bottoms]
+        call = calls[0] if len(calls) == 1 else f"({', '.join(calls)})"
+        return code.module(constructor, call, **state)
+
 
 @register_layer("Convolution")
 class Convolution(_ConvolutionBase):
@@ -594,6 +619,51 @@ class Pooling(Layer):
         y, mask = pool(x, self.method, g, self.train, self.num_tops > 1)
         return (y, mask) if self.num_tops > 1 else y
 
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def torch_windows_always(self) -> bool:
+        """Whether torch's pooling (``padding``, ``ceil_mode``) gives Caffe's windows for *every* input
+        size: pad at most half the kernel, and in ceil mode either some padding (both then drop a last
+        window starting in the padding) or kernel >= stride (no window can start past the input)."""
+        if any(p > k // 2 for p, k in zip(self.pad, self.kernel)):
+            return False
+        return not self.ceil or any(self.pad) or all(k >= s for k, s in zip(self.kernel, self.stride))
+
+    def export_onnx(self, x):
+        """As forward; but AVE pooling over Caffe's own windows divides the window sums by the
+        divisor map itself (the ONNX exporter silently drops ``divisor_override``)."""
+        g = self.geometry(x.shape)
+        if self.method != Pool.AVE or self.global_pooling or g.torch_ok:
+            return self.forward(x)
+        area = g.kernel[0] * g.kernel[1]
+        sums = F.avg_pool2d(F.pad(x, g.explicit_pad), g.kernel, g.stride) * area
+        rows, cols = (torch.tensor(g.window_sizes(a), dtype=x.dtype, device=x.device) for a in (0, 1))
+        return sums / (rows[:, None] * cols[None, :])
+
+    def export_source(self, code):
+        """``F.max_pool2d`` / ``F.avg_pool2d`` where torch's windows are Caffe's for any input size,
+        else the ``caffe_max_pool2d`` / ``caffe_avg_pool2d`` helpers; global pooling is a reduction."""
+        x, ints = code.bottoms[0], code.ints
+        if self.num_tops > 1:
+            raise code.unsupported("the argmax (mask) top of MAX pooling")
+        if self.method not in (Pool.MAX, Pool.AVE):
+            raise code.unsupported(f"{Pool.PoolMethod.Name(self.method)} pooling")
+        if self.global_pooling:
+            if self.method == Pool.AVE:
+                return code.line(f"{x}.mean((2, 3), keepdim=True)")
+            return code.line(f"{x}.amax((2, 3), keepdim=True)")
+        op = "max" if self.method == Pool.MAX else "avg"
+        if self.torch_windows_always():
+            args = [x, ints(self.kernel)]
+            if self.stride != self.kernel:
+                args.append(f"stride={ints(self.stride)}")
+            if any(self.pad):
+                args.append(f"padding={ints(self.pad)}")
+            if self.ceil:
+                args.append("ceil_mode=True")
+            return code.line(f"F.{op}_pool2d({', '.join(args)})")
+        helper = code.helper(f"caffe_{op}_pool2d")
+        return code.line(f"{helper}({x}, {self.kernel}, {self.stride}, {self.pad}, ceil_mode={self.ceil})")
+
 
 @register_layer("SPP")
 class SPP(Layer):
@@ -824,3 +894,15 @@ class Crop(Layer):
 
     def forward(self, x, reference):
         return x[self.plan(x.shape, reference.shape)]
+
+    # -- export hooks (torchcaffe.export) ----------------------------------------------------------
+    def export_source(self, code):
+        """Slicing: ``x[:, :, 19:19 + ref.shape[2], 19:19 + ref.shape[3]]``."""
+        x, reference = code.bottoms
+        index = self.plan(code.bottom_shapes[0], code.bottom_shapes[1])
+        parts = [":" if s == slice(None) else
+                 f"{s.start}:{s.start} + {reference}.shape[{a}]" if s.start else f":{reference}.shape[{a}]"
+                 for a, s in enumerate(index)]
+        while parts and parts[-1] == ":":
+            parts.pop()
+        return code.line(f"{x}[{', '.join(parts)}]" if parts else x)

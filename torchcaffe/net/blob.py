@@ -26,8 +26,9 @@ _MIRRORS: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A numpy array sharing memory with a CPU tensor, or the host mirror of a device tensor."""
-    if tensor.device.type == "cpu":
+    """A numpy array sharing memory with a CPU tensor, or the host mirror of a device tensor (or of
+    a bfloat16 tensor, which numpy cannot hold: a float32 copy, as after an autocast forward)."""
+    if tensor.device.type == "cpu" and tensor.dtype != torch.bfloat16:
         return tensor.detach().numpy()
     return host_mirror(tensor)
 
@@ -37,7 +38,8 @@ def host_mirror(tensor: torch.Tensor) -> np.ndarray:
     entry = _MIRRORS.get(id(tensor))
     if entry is not None and entry[0]() is tensor:
         return entry[1]
-    array = tensor.detach().to("cpu", copy=True).numpy()
+    copy = tensor.detach().to("cpu", copy=True)
+    array = (copy.float() if copy.dtype == torch.bfloat16 else copy).numpy()
     _MIRRORS[id(tensor)] = (weakref.ref(tensor), array)
     return array
 

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import NetError, layer_label
 from ..layers.base import Layer, LayerSetup
+from ..limits import MemoryBudget, check_declared_shapes
 from ..layers.registry import layer_class
 from ..proto import caffe_pb2
 from .shapes import infer_top_shapes
@@ -101,12 +102,15 @@ def build_graph(net: caffe_pb2.NetParameter, source: str = "", allow_python: boo
     blob_need_backward: dict[int, bool] = {}
     available: set[str] = set()
     named_params: dict[str, int] = {}
+    budget = MemoryBudget(source)
     for index, declared in enumerate(net.layer):
         own = caffe_pb2.LayerParameter()
         own.CopyFrom(declared)
         if not own.HasField("phase"):
             own.phase = net.state.phase
+        check_declared_shapes(declared, _where(source, declared))  # before the layer allocates
         node = _add_layer(graph, index, declared, own, source, blob_need_backward, available, allow_python)
+        _count_blobs(budget, graph, node, _where(source, declared))
         _add_params(graph, node, declared, named_params)
         if node.need_backward:
             for slot in node.top_slots:
@@ -118,6 +122,21 @@ def build_graph(net: caffe_pb2.NetParameter, source: str = "", allow_python: boo
         _force_backward(graph)
     _set_detach(graph, net.force_backward)
     return graph
+
+
+def _where(source: str, declared) -> str:
+    label = layer_label(declared.name, declared.type)
+    return f"{source}: {label}" if source else label
+
+
+def _count_blobs(budget: MemoryBudget, graph: Graph, node: Node, where: str) -> None:
+    """Add the layer's new tops (in-place tops reuse their bottom) and its blobs to the net's
+    memory budget (``torchcaffe.limits``): an absurd shape fails here, before any data exists."""
+    for j, (name, slot) in enumerate(zip(node.tops, node.top_slots)):
+        if not (j < len(node.bottoms) and node.bottoms[j] == name):
+            budget.add(where, f"top blob {name!r}", graph.slot_shapes[slot])
+    for j, tensor in enumerate(node.layer.caffe_blobs()):
+        budget.add(where, f"parameter blob {j}", tensor.shape)
 
 
 def _add_layer(graph, index, declared, own, source, blob_need_backward, available, allow_python) -> Node:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ from ..errors import CaffeError, NetError, WeightsError
 from ..io.prototxt import read_net
 from ..io.weights import read_weights, write_caffemodel, write_caffemodel_h5
 from ..proto import caffe_pb2
-from .blob import Blob, ParamBlob, as_numpy, sync_host_mirrors
+from .blob import Blob, as_numpy, sync_host_mirrors
 from .graph import ANONYMOUS_TOP, Node, build_graph
 from .inplace import CaffeInPlace, needs_inplace_quirk
 from .shapes import infer_top_shapes
@@ -50,11 +51,15 @@ class Net(nn.Module):
     ``phase`` is ``torchcaffe.TRAIN`` or ``torchcaffe.TEST`` (default TEST, Caffe's NetState
     default). The net is built on the CPU in float32; move it with ``.to()`` like any module.
     ``allow_python_layers=False`` refuses every ``Python`` layer (for files you do not trust).
+    ``optimize=True`` (TEST nets; ``"compile"`` adds ``torch.compile``) makes the torch call
+    ``net(data=x)`` run the inference-only optimized plan of ``torchcaffe.net.optimize`` (folded
+    BatchNorm/Scale, in-place ReLU, channels_last; no autograd graph); the pycaffe API
+    (``forward()``, ``backward()``, ``blobs``, ``params``) keeps the plain layers.
     """
 
     def __init__(self, network, *args, level: int = 0, stages: Sequence[str] | None = None,
                  weights: str | os.PathLike | None = None, phase: int | None = None,
-                 allow_python_layers: bool = True):
+                 allow_python_layers: bool = True, optimize: bool | str = False):
         super().__init__()
         phase, level, stages, weights = _net_arguments(args, phase, level, stages, weights)
         param, source = _read_network(network)
@@ -71,14 +76,28 @@ class Net(nn.Module):
         self._diff: dict[str, torch.Tensor] = {}
         self._vals: list | None = None
         self._torch_call = False
+        self._caffe_hooks: dict[str, list] = {when: [] for when in _HOOK_POINTS}
         self._plan_backward()
         self._set_requires_grad()
         self._set_loss_diffs()
         self._make_views()
         if weights is not None:
             self.copy_from(weights)
+        self._follow_caffe_mode()
+        self.optimized = None
+        if optimize:
+            from .optimize import optimize as optimized_runner
+            # Not a submodule (the runner refers back to this net): set past nn.Module's __setattr__.
+            object.__setattr__(self, "optimized", optimized_runner(self, compile=optimize == "compile"))
 
     # -- construction -----------------------------------------------------------------------
+    def _follow_caffe_mode(self) -> None:
+        """pycaffe's global mode: after ``caffe.set_mode_gpu()`` new nets live on that GPU."""
+        from ..compat.runtime import mode_device
+        device = mode_device()
+        if device is not None and device.type != "cpu":
+            self.to(device)
+
     def _plan_backward(self) -> None:
         """Which slots a pycaffe backward writes diffs for, and which layers run."""
         nodes = self._graph.nodes
@@ -106,6 +125,8 @@ class Net(nn.Module):
         for slot, index in last_use.items():
             if slot not in keep:
                 self._release[index].append(slot)
+        self._steps = [_Step.of(node, self._inplace_quirk.get(node.index), self._final_slots,
+                                self._release[node.index]) for node in nodes]
 
     def _set_requires_grad(self) -> None:
         """lr_mult 0 freezes a parameter (unless force_backward): it gets no gradient."""
@@ -196,11 +217,12 @@ class Net(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         """``net(x, ...)`` / ``net(data=x)``: the torch way, always (see :meth:`forward`)."""
-        self._torch_call = True
+        set_flag = object.__setattr__  # a plain attribute: skip nn.Module's __setattr__ checks
+        set_flag(self, "_torch_call", True)
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            self._torch_call = False
+            set_flag(self, "_torch_call", False)
 
     def forward(self, *args, blobs: Sequence[str] | None = None, start: str | None = None,
                 end: str | None = None, **kwargs):
@@ -230,6 +252,8 @@ class Net(nn.Module):
             if name in given:
                 raise TypeError(f"input {name!r} given twice")
             given[name] = value
+        if self.optimized is not None:
+            return self.optimized.run(given)
         vals: list = [None] * len(self._graph.slot_names)
         self._execute(vals, 0, len(self._graph.nodes) - 1, given=given, release=True)
         last = self._graph.last_slot
@@ -249,8 +273,8 @@ class Net(nn.Module):
 
     def _run_layers(self, first: int, last: int) -> list:
         """Run layers ``first..last`` keeping every blob's value (pycaffe's and Caffe's forward)."""
-        vals = self._values_before(first)
         record = self._any_backward and torch.is_grad_enabled()
+        vals = self._values_before(first, mark=record)
         with torch.set_grad_enabled(record):
             self._execute(vals, first, last, mark_inputs=record)
         for node in self._graph.nodes[first:last + 1]:
@@ -277,58 +301,82 @@ class Net(nn.Module):
         except ValueError:
             raise NetError(f"no layer named {name!r} in the net") from None
 
-    def _values_before(self, first: int) -> list:
-        """Slot values for a run starting at layer ``first``: the blobs' current data."""
+    def _values_before(self, first: int, mark: bool = False) -> list:
+        """Slot values for a run starting at layer ``first``: the blobs' current data (with
+        ``mark``, the ones backward writes diffs for become leaves that record their gradient,
+        so that ``backward(end=...)`` can reach them after ``forward(start=...)``)."""
         vals: list = [None] * len(self._graph.slot_names)
         for node in self._graph.nodes[:first]:
             for name, slot in zip(node.tops, node.top_slots):
-                vals[slot] = self._blob_data(name)
+                tensor = self._blob_data(name)
+                if mark and slot in self._active and not tensor.requires_grad:
+                    tensor = tensor.detach().requires_grad_()
+                vals[slot] = tensor
         return vals
 
     def _execute(self, vals: list, first: int, last: int, *, given: Mapping | None = None,
                  mark_inputs: bool = False, release: bool = False) -> None:
+        """Run layers ``first..last`` over the slot values ``vals`` (the plan made at construction:
+        no lookups by name, no shape inference). ``release`` drops each slot after its last reader,
+        as the torch call does: only the outputs stay alive."""
         finals: dict[str, torch.Tensor] = {}  # blob values the in-place quirk reads in backward
-        for node in self._graph.nodes[first:last + 1]:
-            if getattr(node.layer, "is_input", False):
-                for name, slot in zip(node.tops, node.top_slots):
-                    tensor = given.get(name) if given else None
-                    if tensor is None:
-                        tensor = self._blob_data(name)
-                        if mark_inputs and slot in self._active:
-                            tensor = tensor.detach().requires_grad_()
-                    vals[slot] = tensor
-                continue
-            bottoms = [vals[s] for s in node.bottom_slots]
-            if True in node.detach:
-                bottoms = [b.detach() if stop else b for b, stop in zip(bottoms, node.detach)]
-            try:
-                if node.index in self._inplace_quirk and torch.is_grad_enabled() and bottoms[0].requires_grad:
-                    tops = CaffeInPlace.apply(bottoms[0], node.layer, finals, self._inplace_quirk[node.index])
+        hooks = self._caffe_hooks
+        before, after = hooks["before_forward"], hooks["after_forward"]
+        recording = torch.is_grad_enabled()
+        for step in self._steps[first:last + 1]:
+            if before:
+                self._call_hooks("before_forward", step.index)
+            if step.is_input:
+                self._feed_inputs(step, vals, given, mark_inputs)
+            else:
+                tops = self._run_step(step, vals, finals, recording)
+                if isinstance(tops, tuple):
+                    for slot, tensor in zip(step.tops, tops):
+                        vals[slot] = tensor
                 else:
-                    tops = node.layer(*bottoms)
-            except CaffeError:
-                raise
-            except Exception as error:
-                shapes = [tuple(b.shape) for b in bottoms]
-                raise NetError(f"{node.label}: forward failed for bottoms of shape {shapes}: {error}") from error
-            if not isinstance(tops, tuple):
-                tops = (tops,)
-            for slot, tensor in zip(node.top_slots, tops):
-                vals[slot] = tensor
-                if slot in self._final_slots:
-                    finals[self._final_slots[slot]] = tensor.detach()
-            if release:
-                for slot in self._release[node.index]:
-                    vals[slot] = None
+                    vals[step.tops[0]] = tops
+                for position, name in step.finals:
+                    finals[name] = vals[step.tops[position]].detach()
+                if release:
+                    for slot in step.release:
+                        vals[slot] = None
+            if after:
+                self._call_hooks("after_forward", step.index)
+
+    def _run_step(self, step: "_Step", vals: list, finals: dict, recording: bool):
+        bottoms = [vals[s] for s in step.bottoms]
+        if step.detach:
+            bottoms = [b.detach() if stop else b for b, stop in zip(bottoms, step.detach)]
+        try:
+            if step.quirk is not None and recording and bottoms[0].requires_grad:
+                return CaffeInPlace.apply(bottoms[0], step.layer, finals, step.quirk)
+            return step.layer(*bottoms)
+        except CaffeError:
+            raise
+        except Exception as error:
+            shapes = [tuple(b.shape) for b in bottoms]
+            raise NetError(f"{step.label}: forward failed for bottoms of shape {shapes}: {error}") from error
+
+    def _feed_inputs(self, step: "_Step", vals: list, given: Mapping | None, mark_inputs: bool) -> None:
+        for name, slot in zip(step.names, step.tops):
+            tensor = given.get(name) if given else None
+            if tensor is None:
+                tensor = self._blob_data(name)
+                if mark_inputs and slot in self._active:
+                    tensor = tensor.detach().requires_grad_()
+            vals[slot] = tensor
 
     # -- backward ------------------------------------------------------------------------------
     def backward(self, diffs: Sequence[str] | None = None, start: str | None = None,
                  end: str | None = None, **kwargs) -> dict[str, np.ndarray]:
         """pycaffe's ``backward``: back-propagate from the tops' diffs (loss weights, or what was
         put into the output blobs' diffs), leaving every blob's and parameter's diff as Caffe does.
-        Parameter diffs accumulate until ``clear_param_diffs``; blob diffs are overwritten."""
-        if start is not None or end is not None:
-            raise NotImplementedError("backward(start=..., end=...) is not supported yet")
+        Parameter diffs accumulate until ``clear_param_diffs``; blob diffs are overwritten.
+
+        ``start``/``end`` name the first and last layer to run (Caffe's ``BackwardFromTo``: from
+        ``start`` down to ``end``, inclusive); the layers then run one by one from the tops' current
+        diffs, on the values of the last ``forward()``. The result holds the diffs of the inputs
+        (of ``end``'s bottoms when ``end`` is given) plus those named in ``diffs``."""
         sync_host_mirrors()
         for name, value in kwargs.items():
             if name not in self.outputs:
@@ -338,10 +386,80 @@ class Net(nn.Module):
                 diff.copy_(torch.from_numpy(np.ascontiguousarray(np.asarray(value))).reshape(diff.shape))
         if self._vals is None:
             raise NetError("backward() needs a forward() first")
-        if self._any_backward:
+        first = self._layer_index(start, len(self._graph.nodes) - 1)
+        last = self._layer_index(end, 0)
+        if start is not None or end is not None or self._caffe_hooks["before_backward"] \
+                or self._caffe_hooks["after_backward"]:
+            self._backward_layers(self._vals, first, last)
+        elif self._any_backward:
             self._backward_all(self._vals)
-        wanted = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
+        wanted = list(self.bottom_names[self._layer_names[last]]) if end is not None else list(self.inputs)
+        wanted += [d for d in (diffs or ()) if d not in wanted]
         return {name: self.blobs[name].diff for name in wanted}
+
+    def _backward_layers(self, vals: list, first: int, last: int) -> None:
+        """Caffe's ``BackwardFromTo(first, last)``: layer by layer, each reading its tops' diffs
+        and writing its bottoms' diffs (parameter diffs accumulate), with the hooks around each."""
+        for node in reversed(self._graph.nodes[last:first + 1]):
+            self._call_hooks("before_backward", node.index)
+            if node.need_backward:
+                self._backward_layer(node, vals)
+            self._call_hooks("after_backward", node.index)
+
+    def _backward_layer(self, node: Node, vals: list) -> None:
+        tops, top_diffs = [], []
+        for j, (name, slot) in enumerate(zip(node.tops, node.top_slots)):
+            tensor = vals[slot]
+            if tensor is None or not tensor.requires_grad:
+                continue
+            diff = torch.full_like(tensor, node.loss_weights[j]) if name == ANONYMOUS_TOP else self._blob_diff(name)
+            if diff.shape == tensor.shape:
+                tops.append(tensor)
+                top_diffs.append(diff)
+        bottoms = [(name, vals[slot]) for name, slot, need in
+                   zip(node.bottoms, node.bottom_slots, node.bottom_need_backward) if need]
+        reachable = [(name, t) for name, t in bottoms if t is not None and t.requires_grad]
+        params = [node.layer._parameters[attr] for attr, propagate in
+                  zip(node.layer.blob_names, node.param_propagate_down)
+                  if propagate and node.layer._parameters.get(attr) is not None
+                  and node.layer._parameters[attr].requires_grad]
+        targets = [t for _, t in reachable] + params
+        grads: Sequence = [None] * len(targets)
+        if tops and targets:
+            grads = torch.autograd.grad(tops, targets, top_diffs, allow_unused=True, retain_graph=True)
+        found = {name: grad for (name, _), grad in zip(reachable, grads)}
+        with torch.no_grad():
+            for name, _ in bottoms:  # written even where no gradient arrives, as Caffe's layers do
+                grad, diff = found.get(name), self._blob_diff(name)
+                diff.copy_(grad) if grad is not None else diff.zero_()
+            for param, grad in zip(params, grads[len(reachable):]):
+                if grad is not None:
+                    if param.grad is None:
+                        param.grad = grad.clone()
+                    else:
+                        param.grad.add_(grad)
+
+    # -- Caffe's per-layer callbacks (pycaffe's net.before_forward(fn) & co.) -------------------
+    def before_forward(self, callback) -> None:
+        """Call ``callback(i)`` before layer ``i`` runs forward (Caffe's ``add_before_forward``)."""
+        self._caffe_hooks["before_forward"].append(callback)
+
+    def after_forward(self, callback) -> None:
+        """Call ``callback(i)`` after layer ``i`` ran forward."""
+        self._caffe_hooks["after_forward"].append(callback)
+
+    def before_backward(self, callback) -> None:
+        """Call ``callback(i)`` before layer ``i``'s backward; with backward callbacks registered,
+        ``backward()`` runs layer by layer, as Caffe's does."""
+        self._caffe_hooks["before_backward"].append(callback)
+
+    def after_backward(self, callback) -> None:
+        """Call ``callback(i)`` after layer ``i``'s backward (its diffs are then written)."""
+        self._caffe_hooks["after_backward"].append(callback)
+
+    def _call_hooks(self, when: str, index: int) -> None:
+        for callback in self._caffe_hooks[when]:
+            callback(index)
 
     def _backward_all(self, vals: list) -> None:
         seeds, seed_grads = self._backward_seeds(vals)
@@ -379,7 +497,7 @@ class Net(nn.Module):
                     diff = torch.full_like(tensor, node.loss_weights[j])
                 else:
                     diff = self._blob_diff(name)
-                if diff.shape == tensor.shape and bool(diff.any()):
+                if diff.shape == tensor.shape:  # zero diffs too: Caffe runs every backward
                     seeds.append(tensor)
                     grads.append(diff)
         return seeds, grads
@@ -418,7 +536,9 @@ class Net(nn.Module):
         """Caffe's ``Net::ForwardBackward``: :meth:`forward_loss`, then ``backward()`` (parameter
         diffs accumulate); returns the loss."""
         loss = self.forward_loss()
-        if self._any_backward:
+        if self._caffe_hooks["before_backward"] or self._caffe_hooks["after_backward"]:
+            self._backward_layers(self._vals, len(self._graph.nodes) - 1, 0)
+        elif self._any_backward:
             self._backward_all(self._vals)
         return loss
 
@@ -518,6 +638,32 @@ class Net(nn.Module):
                f"{caffe_pb2.Phase.Name(self.phase)}, inputs {self.inputs}, outputs {self.outputs}>"
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One layer as the executor runs it, settled at construction: slots instead of blob names,
+    and what the forward does besides calling the layer."""
+
+    index: int
+    label: str
+    layer: nn.Module
+    is_input: bool
+    names: tuple[str, ...]  # the top blob names (read by input layers)
+    bottoms: tuple[int, ...]
+    tops: tuple[int, ...]
+    detach: tuple[bool, ...]  # empty when every bottom passes its gradient on
+    quirk: str | None  # the blob whose final value Caffe's in-place backward reads, if any
+    finals: tuple[tuple[int, str], ...]  # (top position, blob name) holding such final values
+    release: tuple[int, ...]  # slots this layer reads last
+
+    @classmethod
+    def of(cls, node: Node, quirk: str | None, final_slots: Mapping[int, str], release) -> "_Step":
+        finals = tuple((j, final_slots[slot]) for j, slot in enumerate(node.top_slots) if slot in final_slots)
+        return cls(node.index, node.label, node.layer, bool(getattr(node.layer, "is_input", False)),
+                   tuple(node.tops), tuple(node.bottom_slots), tuple(node.top_slots),
+                   node.detach if True in node.detach else (), quirk, finals, tuple(release))
+
+
+_HOOK_POINTS = ("before_forward", "after_forward", "before_backward", "after_backward")
 _TF32 = {"allowed": False}
 
 

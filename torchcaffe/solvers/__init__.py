@@ -21,13 +21,18 @@ __all__ = ["get_solver", "Solver", "SolverError", "SGDSolver", "NesterovSolver",
            "renorm", "renorm_", "read_solverstate", "SnapshotError"]
 
 
-def get_solver(solver, device=None) -> Solver:
+def get_solver(solver, device=None, source: str | None = None, amp: str | None = None,
+               allow_nonfinite: bool = False, allow_python_layers: bool = True) -> Solver:
     """The solver a solver file asks for (pycaffe's ``caffe.get_solver``): its ``type`` (or the
     deprecated ``solver_type`` enum) picks the class. ``solver`` is a path, prototxt text or a
-    ``caffe_pb2.SolverParameter``."""
-    param, source = read_solver_param(solver, None)
+    ``caffe_pb2.SolverParameter`` (``source`` then names it in error messages); ``amp`` is
+    ``None``, ``"bf16"`` or ``"fp16"`` (see ``Solver.amp``); ``allow_nonfinite=True`` trains on
+    through NaN/Inf instead of stopping (see ``torchcaffe/net/debug.py``);
+    ``allow_python_layers=False`` refuses the nets' Python layers."""
+    param, source = read_solver_param(solver, source)
     cls = SOLVER_TYPES.get(param.type)
     if cls is None:
         known = ", ".join(f'"{name}"' for name in SOLVER_TYPES)
         raise SolverError(f"{source}: unknown solver type \"{param.type}\" (field type); known types: {known}")
-    return cls(param, device, source=source)
+    return cls(param, device, source=source, amp=amp, allow_nonfinite=allow_nonfinite,
+               allow_python_layers=allow_python_layers)

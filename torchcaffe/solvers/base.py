@@ -35,15 +35,19 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from google.protobuf import text_format
 
+from ..amp import autocast, mixed_precision
 from ..errors import CaffeError
 from ..io.prototxt import read_net, read_solver
 from ..io.upgrade import upgrade_solver
+from ..logs import format_float as _fmt
+from ..net.debug import check_finite, debug_info, log_update
 from ..net.net import Net
 from ..proto import caffe_pb2
 from . import lr_policies
@@ -67,8 +71,8 @@ class Solver:
     ``snapshot()``, ``apply_update()``, ``add_callback(on_start, on_gradients_ready)``,
     ``share_weights(net)``.
 
-    ``Solver(solver, device=None)``: ``solver`` is a solver prototxt path, prototxt text, or a
-    ``caffe_pb2.SolverParameter``. A subclass supplies the update rule
+    ``Solver(solver, device=None, amp=None)``: ``solver`` is a solver prototxt path, prototxt text, or a
+    ``caffe_pb2.SolverParameter``; ``amp`` is mixed precision (see :attr:`amp`). A subclass supplies the update rule
     (:meth:`compute_update_value`) and how many history blobs it keeps per parameter.
     """
 
@@ -77,7 +81,8 @@ class Solver:
     #: History blobs per learnable parameter (AdaDelta and Adam keep two).
     history_sets = 1
 
-    def __init__(self, solver, device: str | torch.device | None = None, *, source: str | None = None):
+    def __init__(self, solver, device: str | torch.device | None = None, *, source: str | None = None,
+                 amp: str | None = None, allow_nonfinite: bool = False, allow_python_layers: bool = True):
         self._iter = 0
         self.param, self.source = read_solver_param(solver, source)
         log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(self.param))
@@ -86,6 +91,7 @@ class Solver:
         if self.param.random_seed >= 0:
             torch.manual_seed(self.param.random_seed)
         self.device = self._choose_device(device)
+        self.allow_python_layers = allow_python_layers
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         log.info("Solver scaffolding done.")
@@ -99,6 +105,12 @@ class Solver:
         self.smoothed_loss = f32(0)
         self.mean_scores: list[list[float]] = [[] for _ in self.test_nets]
         self._check_max_norm()
+        #: Caffe's ``Caffe::root_solver()``: only the root tests and snapshots (data-parallel
+        #: training sets it False on every other rank, see ``solvers/distributed.py``).
+        self.root_solver = True
+        self.amp = amp
+        #: False (default): a NaN/Inf loss or gradient stops training naming the layer (net/debug.py).
+        self.allow_nonfinite = allow_nonfinite
 
     # -- pycaffe's API ---------------------------------------------------------------------------
     @property
@@ -115,6 +127,20 @@ class Solver:
         """Let ``net`` use this solver's train-net blobs (``net.share_with(solver.net)``)."""
         net.share_with(self.net)
 
+    @property
+    def amp(self):
+        """Mixed precision (ours, see ``torchcaffe/amp.py``): ``None``, or the
+        :class:`~torchcaffe.amp.MixedPrecision` that ``solver.amp = "bf16"`` / ``"fp16"`` sets up
+        for the solver's device. Forward passes (train and test nets) run under autocast; with fp16
+        the loss is scaled and the update skipped when the diffs overflow."""
+        return self._amp
+
+    @amp.setter
+    def amp(self, mode) -> None:
+        self._amp = mixed_precision(mode, self.device)
+        if self._amp is not None and self._amp.scaler is not None:
+            self._amp.scaler.install(self.net)
+
     def set_action_function(self, action: Callable[[], str] | None) -> None:
         """``action()`` is asked after every iteration (and test iteration) whether to go on:
         ``"none"``, ``"snapshot"`` or ``"stop"`` (Caffe's ``SolverAction``, used by the CLI's signals)."""
@@ -127,9 +153,12 @@ class Solver:
         start_iter, stop_iter = self._iter, self._iter + int(iters)
         self._losses = []
         self.smoothed_loss = f32(0)
+        self._iteration_timer = time.perf_counter()  # Caffe's iteration_timer_: display to display
+        self._iterations_last = self._iter
         while self._iter < stop_iter:
             self.net.clear_param_diffs()
-            if p.test_interval and self._iter % p.test_interval == 0 and (self._iter > 0 or p.test_initialization):
+            if p.test_interval and self._iter % p.test_interval == 0 and (self._iter > 0 or p.test_initialization) \
+                    and self.root_solver:
                 self.test_all()
                 if self.requested_early_exit:
                     break
@@ -137,20 +166,25 @@ class Solver:
                 on_start()
             display = bool(p.display) and self._iter % p.display == 0
             loss = f32(0)
-            for _ in range(p.iter_size):
-                loss += f32(self.net.forward_backward())
+            with debug_info(self.net, display and p.debug_info):  # Caffe's net_->set_debug_info
+                for _ in range(p.iter_size):
+                    with autocast(self._amp):
+                        loss += f32(self.net.forward_backward())
             loss /= f32(p.iter_size)
+            if not self.allow_nonfinite and (self._amp is None or self._amp.scaler is None):
+                check_finite(self.net, float(loss), self._iter)  # fp16 scaling skips overflows itself
             self._update_smoothed_loss(loss, start_iter)
             if display:
                 self._log_train_outputs()
-                if p.debug_info:
-                    self._log_debug_forward_backward()
             for _, on_gradients_ready in self._callbacks:
                 on_gradients_ready()
-            self.apply_update()
+            if self._unscale_gradients():
+                self.apply_update()
+            else:
+                self.learning_rate()  # the schedule moves on as if the update had happened
             self._iter += 1
             request = self._requested_action()
-            if (p.snapshot and self._iter % p.snapshot == 0) or request == "snapshot":
+            if ((p.snapshot and self._iter % p.snapshot == 0) or request == "snapshot") and self.root_solver:
                 self.snapshot()
             if request == "stop":
                 self.requested_early_exit = True
@@ -167,17 +201,17 @@ class Solver:
             self.restore(resume_file)
         start_iter = self._iter
         self.step(p.max_iter - self._iter)
-        if p.snapshot_after_train and (not p.snapshot or self._iter % p.snapshot != 0):
+        if p.snapshot_after_train and (not p.snapshot or self._iter % p.snapshot != 0) and self.root_solver:
             self.snapshot()
         if self.requested_early_exit:
             log.info("Optimization stopped early.")
             return
         if p.display and self._iter % p.display == 0:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self._amp):
                 loss = f32(self.net.forward_loss())
             self._update_smoothed_loss(loss, start_iter)
             log.info("Iteration %d, loss = %s", self._iter, _fmt(self.smoothed_loss))
-        if p.test_interval and self._iter % p.test_interval == 0:
+        if p.test_interval and self._iter % p.test_interval == 0 and self.root_solver:
             self.test_all()
         log.info("Optimization Done.")
 
@@ -213,7 +247,7 @@ class Solver:
         net.share_with(self.net)
         iterations = p.test_iter[test_net_id]
         scores, loss = None, f32(0)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self._amp):
             for _ in range(iterations):
                 request = self._requested_action()
                 while request != "none":
@@ -273,6 +307,17 @@ class Solver:
                     renorm_(w, entry.max_norm_axis, entry.max_norm)
         if p.debug_info and p.display and self._iter % p.display == 0:
             self._log_debug_update(entries, tensors, diffs)
+
+    def _unscale_gradients(self) -> bool:
+        """With fp16 loss scaling: divide the diffs by the scale, adapt it; False when they
+        overflowed and the update must be skipped. Always True otherwise."""
+        scaler = self._amp.scaler if self._amp is not None else None
+        if scaler is None:
+            return True
+        with torch.no_grad():
+            finite = scaler.unscale_([self._param_diff(e) for e in self.net.learnable_params])
+        scaler.update(finite, self._iter)
+        return finite
 
     def compute_update_value(self, index: int, w: torch.Tensor, g: torch.Tensor, local_rate: float) -> None:
         """Turn the diff ``g`` of learnable parameter ``index`` into the value ``w -= g`` subtracts,
@@ -427,6 +472,9 @@ class Solver:
     def _choose_device(self, device) -> torch.device:
         if device is not None:
             return torch.device(device)
+        from ..compat.runtime import mode_device
+        if mode_device() is not None:  # pycaffe's set_mode_cpu/gpu wins over solver_mode
+            return mode_device()
         p = self.param
         if p.solver_mode == caffe_pb2.SolverParameter.GPU:
             if torch.cuda.is_available():
@@ -495,7 +543,8 @@ class Solver:
         if extra is not None:
             merged.MergeFrom(extra)
         extra_stages = list(extra.stage) if extra is not None else []
-        net = Net(network, phase=merged.phase, level=merged.level, stages=extra_stages)
+        net = Net(network, phase=merged.phase, level=merged.level, stages=extra_stages,
+                  allow_python_layers=self.allow_python_layers)
         net.to(self.device)
         for weights in self.param.weights:
             for path in weights.split(","):
@@ -518,7 +567,14 @@ class Solver:
 
     # -- logging ---------------------------------------------------------------------------------
     def _log_train_outputs(self) -> None:
-        log.info("Iteration %d, loss = %s", self._iter, _fmt(self.smoothed_loss))
+        """``Iteration N (x iter/s, ys/D iters), loss = L`` (the rate and seconds since the last
+        display, tests included, as Caffe's timer runs) and every train net output value."""
+        lapse = f32(time.perf_counter() - self._iteration_timer)
+        per_s = f32(self._iter - self._iterations_last) / (lapse if lapse else f32(1))
+        log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self._iter, _fmt(per_s), _fmt(lapse),
+                 self.param.display, _fmt(self.smoothed_loss))
+        self._iteration_timer = time.perf_counter()
+        self._iterations_last = self._iter
         net = self.net
         values = [net._blob_data(name).detach().reshape(-1).tolist() for name in net.outputs]
         k = 0
@@ -529,40 +585,8 @@ class Solver:
                 log.info("    Train net output #%d: %s = %s%s", k, name, _fmt(v), extra)
                 k += 1
 
-    def _log_debug_forward_backward(self) -> None:
-        """Caffe's ``debug_info`` lines: mean absolute values of each top, parameter and diff."""
-        net = self.net
-        vals = net._vals or []
-        for node in net._graph.nodes:
-            for name, slot in zip(node.tops, node.top_slots):
-                if slot < len(vals) and vals[slot] is not None:
-                    log.info("    [Forward] Layer %s, top blob %s data: %s", node.name, name,
-                             _fmt(_abs_mean(vals[slot])))
-            for j, tensor in enumerate(node.layer.caffe_blobs()):
-                log.info("    [Forward] Layer %s, param blob %d data: %s", node.name, j, _fmt(_abs_mean(tensor)))
-        for node in reversed(net._graph.nodes):
-            if not node.need_backward:
-                continue
-            for name, need in zip(node.bottoms, node.bottom_need_backward):
-                if need and name in net._diff:
-                    log.info("    [Backward] Layer %s, bottom blob %s diff: %s", node.name, name,
-                             _fmt(_abs_mean(net._diff[name])))
-            for j, blob in enumerate(node.layer.blobs):
-                diff = float(np.abs(blob.diff).mean()) if blob.count else 0.0
-                log.info("    [Backward] Layer %s, param blob %d diff: %s", node.name, j, _fmt(diff))
-        entries = net.learnable_params
-        data = [self._param_tensor(e).detach() for e in entries]
-        diffs = [self._param_diff(e) for e in entries]
-        l1 = [sum(float(t.abs().sum()) for t in ts) for ts in (data, diffs)]
-        l2 = [float(np.sqrt(sum(float((t * t).sum()) for t in ts))) for ts in (data, diffs)]
-        log.info("    [Backward] All net params (data, diff): L1 norm = (%s, %s); L2 norm = (%s, %s)",
-                 _fmt(l1[0]), _fmt(l1[1]), _fmt(l2[0]), _fmt(l2[1]))
-
     def _log_debug_update(self, entries, tensors, diffs) -> None:
-        for entry, w, g in zip(entries, tensors, diffs):
-            node = self.net._graph.nodes[entry.layer]
-            log.info("    [Update] Layer %s, param %d data: %s; diff: %s", node.name, entry.blob,
-                     _fmt(_abs_mean(w)), _fmt(_abs_mean(g)))
+        log_update(self.net, entries, tensors, diffs)
 
     def __repr__(self) -> str:
         net = getattr(self, "net", None)
@@ -598,12 +622,3 @@ def _learned_net_path(learned_net: str, state_file: str) -> str:
 def _output_names(net: Net) -> list[str]:
     """One name per output value, in the order the values are concatenated."""
     return [name for name in net.outputs for _ in range(net._blob_data(name).numel())]
-
-
-def _abs_mean(tensor: torch.Tensor) -> float:
-    return float(tensor.detach().abs().mean()) if tensor.numel() else 0.0
-
-
-def _fmt(value) -> str:
-    """A number as C++'s ``ostream <<`` prints it (six significant digits)."""
-    return format(float(value), ".6g")

@@ -32,8 +32,10 @@ import numpy as np
 from ..errors import CaffeError
 from ..io import wire
 from ..io.files import atomic_output_file, atomic_output_path, read_file_bytes, write_pieces
-from ..io.weights import blob_values, decode_blobproto_at, encode_blobproto, is_hdf5_file, wire_problem
+from ..io.weights import (blob_values, decode_blobproto_at, encode_blobproto, hdf5_dataset_array, is_hdf5_file,
+                          reading_hdf5, wire_problem)
 from ..io.wire import LENGTH_DELIMITED, VARINT, WireError
+from ..limits import MemoryBudget
 
 __all__ = ["SolverStateData", "snapshot_filename", "write_solverstate", "write_solverstate_h5",
            "read_solverstate", "SnapshotError"]
@@ -148,28 +150,47 @@ def _read_binary(path: str) -> SolverStateData:
 def _read_h5(path: str) -> SolverStateData:
     import h5py
 
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as err:
-        raise SnapshotError(f"{path}: cannot open the HDF5 solver state: {err}") from None
-    with h5:
+    with reading_hdf5(path, SnapshotError) as h5:
         for name in ("iter", "current_step", "history"):
             if name not in h5:
                 raise SnapshotError(f"{path}: not a solver state: it has no {name!r} "
                                     f"(found: {sorted(h5.keys())})")
-        state = SolverStateData(iter=int(h5["iter"][()]), current_step=int(h5["current_step"][()]),
+        state = SolverStateData(iter=_h5_integer(h5, "iter", path), current_step=_h5_integer(h5, "current_step", path),
                                 has_learned_net="learned_net" in h5)
         if state.has_learned_net:
-            raw = h5["learned_net"][()]
+            raw = _h5_dataset(h5, "learned_net", path)[()]
             raw = raw if isinstance(raw, bytes) else str(raw).encode()
             state.learned_net = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         group = h5["history"]
+        if not isinstance(group, h5py.Group):
+            raise SnapshotError(f"{path}: 'history' is a dataset, expected a group of history blobs")
+        budget = MemoryBudget(path)
         for index in range(len(group)):
             if str(index) not in group:
                 raise SnapshotError(f"{path}: history holds {len(group)} entries but no dataset {str(index)!r}")
-            values = np.asarray(group[str(index)][()])
-            state.history.append(values if values.dtype == np.float64 else values.astype(np.float32))
+            dataset = _h5_dataset(group, str(index), path)
+            values = hdf5_dataset_array(dataset, f"{path}: history", str(index), budget, SnapshotError)
+            state.history.append(values)
     return state
+
+
+def _h5_dataset(group, name: str, path: str):
+    """``group[name]``, which must be a dataset."""
+    import h5py
+
+    item = group[name]
+    if not isinstance(item, h5py.Dataset):
+        raise SnapshotError(f"{path}: {item.name!r} is a group, expected a dataset")
+    return item
+
+
+def _h5_integer(h5, name: str, path: str) -> int:
+    """A scalar integer dataset (``iter``, ``current_step``)."""
+    dataset = _h5_dataset(h5, name, path)
+    if dataset.dtype.kind not in "iu" or dataset.shape not in ((), (1,)):
+        raise SnapshotError(f"{path}: {name!r} must be one integer, found {dataset.dtype} values of shape "
+                            f"{dataset.shape}")
+    return int(np.asarray(dataset[()]).reshape(-1)[0])
 
 
 def history_arrays(tensors: Sequence) -> list[np.ndarray]:
