@@ -20,6 +20,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/nets.py
+	$(BIN)/python bench/train_lenet.py
+	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/load_caffemodel.py
 
 # Every fuzz target for FUZZ_SECONDS each (atheris, coverage-guided); see docs/robustness.md.

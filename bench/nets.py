@@ -20,7 +20,8 @@ Peak memory: each (net, variant, pass) runs once in a fresh subprocess, which bu
 its input, resets the kernel's high-water mark of its resident set (``/proc/self/clear_refs``),
 runs the pass and reads ``VmHWM`` from ``/proc/self/status``: the figure is that peak minus the
 resident size just before the pass, i.e. what the pass itself needed (weights and the Python/torch
-runtime excluded, being the same on both sides). torch's CPU allocator hands large blocks straight
+runtime excluded, being the same on both sides; the optimized mode's folded weights are made
+before, with ``refresh()``, as part of its model). torch's CPU allocator hands large blocks straight
 to the OS, so this sees every activation, saved tensor and gradient.
 
 Also printed: the per-layer Python overhead of the plain plan, LeNet at batch 1.
@@ -205,7 +206,8 @@ def _status_kb(field: str) -> int:
 def measure_memory_here(spec: BenchNet, batch: int, variant: str, kind: str) -> float:
     """Peak resident-set growth (MB) of one pass, in this (fresh) process."""
     variants = build_variants(spec, batch)
-    net, native, _ = variants["_modules"]
+    net, native, runner = variants["_modules"]
+    runner.refresh()  # the folded weights belong to the model, as native's weights do, not to the pass
     x = sample_input(spec, batch, net)
     module = net if variant == "torchcaffe" else native
     with torch.no_grad():

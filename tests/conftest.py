@@ -42,3 +42,15 @@ def pytest_terminal_summary(terminalreporter):
             count = sum(status == "passed" and exporter not in CANNOT_EXPORT.get(net, {})
                         for net, status in exported.items())
             terminalreporter.write_line(f"{count}/{len(exported)} nets export to {name}")
+
+
+@pytest.fixture(autouse=True)
+def _caffe_mode_of_a_fresh_process():
+    """pycaffe's process-wide settings (``set_mode_gpu``, ``set_solver_rank``...) do not leak from
+    one test into the next."""
+    from torchcaffe.compat import runtime
+
+    initial = dict(runtime._STATE)
+    yield
+    runtime._STATE.clear()
+    runtime._STATE.update(initial)

@@ -73,6 +73,13 @@ def run_with_hooks(net: torchcaffe.Net, run):
     return outputs, seen
 
 
+def layer_by_layer(net: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain plan's outputs, every layer called on its own (the torch call fuses some)."""
+    vals = [None] * len(net._graph.slot_names)
+    net._execute(vals, 0, len(net._steps) - 1, given=inputs)
+    return {name: vals[net._graph.last_slot[name]] for name in net.outputs}
+
+
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     scale = expected.abs().max().clamp_min(1e-30)
     return float((got.float() - expected.float()).abs().max() / scale)
@@ -80,7 +87,7 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 def assert_same_as_plain(net: torchcaffe.Net, inputs: dict[str, torch.Tensor], runner=None) -> dict:
     runner = runner or optimize(net)
-    plain, plain_tops = run_with_hooks(net, lambda: net(**inputs))
+    plain, plain_tops = run_with_hooks(net, lambda: layer_by_layer(net, inputs))
     fast, fast_tops = run_with_hooks(net, lambda: runner(**inputs))
     assert list(fast) == list(plain)
     errors = {f"output {k}": relative_error(fast[k], plain[k]) for k in plain}
@@ -269,3 +276,19 @@ def test_compile_failure_degrades_to_eager_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         runner(**data(net))  # warned once only
+
+
+def test_residual_sum_adds_into_the_fresh_branch_only():
+    """``out = shortcut + branch``: the sum goes into the branch's fresh top, never into the
+    shortcut, which the Split hands to two readers."""
+    net = net_from(INPUT + CONV.format(name="conv", bottom="data", top="conv", extra="")
+                   + RELU.format(name="relu", bottom="conv", top="conv")
+                   + CONV.format(name="branch", bottom="conv", top="branch", extra="")
+                   + 'layer { name: "sum" type: "Eltwise" bottom: "conv" bottom: "branch" top: "sum" }\n'
+                   + RELU.format(name="relu2", bottom="sum", top="sum"))
+    randomize(net)
+    runner = optimize(net)
+    assert_same_as_plain(net, data(net), runner)
+    index = net._layer_names.index("sum")
+    assert runner._inplace_sum[index][0] == net._graph.nodes[net._layer_names.index("branch")].top_slots[0]
+    assert runner._inplace_relu == {net._layer_names.index("relu"), net._layer_names.index("relu2")}

@@ -65,6 +65,13 @@ class ReLU(NeuronLayer):
             return F.relu(x)
         return F.leaky_relu(x, self.negative_slope)
 
+    def forward_in_place(self, x):
+        """The forward overwriting ``x`` (the executor's fast path for ``top == bottom``; autograd
+        takes the mask from the result, which has the sign of ``x`` for a slope >= 0)."""
+        if self.negative_slope == 0:
+            return torch.relu_(x)
+        return F.leaky_relu_(x, self.negative_slope) if self.negative_slope > 0 else self.forward(x)
+
     inplace_exact_when_last = True
 
     def caffe_inplace_backward(self, x, final, grad):

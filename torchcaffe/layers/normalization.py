@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..proto import caffe_pb2
@@ -157,6 +158,32 @@ class BatchNorm(Layer):
         mean, var = self.stored_statistics()
         return code.module(f"{code.helper('BatchNorm')}({self.channels}, eps={code.number(self.eps)})",
                            mean=mean, var=var)
+
+
+class BatchNormScale(nn.Module):
+    """A BatchNorm with stored statistics and the per-channel Scale that alone reads its top, as
+    one ``F.batch_norm`` pass with the Scale's blobs as its weight and bias: what the torch call
+    of a net runs in their place (the pycaffe face, which shows the BatchNorm's top, runs both).
+    ``y = (x - mean) / sqrt(var + eps) * s + b``; torch multiplies by ``1 / sqrt(var + eps)``, so
+    results differ from the two layers by float rounding (about 1e-7 relative). The gradients
+    reach ``x`` and the Scale's blobs; the statistics get none, as in Caffe."""
+
+    def __init__(self, batch_norm: "BatchNorm", scale: "Scale"):
+        super().__init__()
+        self.parts = (batch_norm, scale)  # a tuple: not submodules of this one (no second copy of the blobs)
+
+    @staticmethod
+    def fuses(batch_norm, scale, bottom_dims: int) -> bool:
+        """Whether ``scale`` (reading only ``batch_norm``'s top, of ``bottom_dims`` axes) can be fused."""
+        return (isinstance(batch_norm, BatchNorm) and batch_norm.use_global_stats and isinstance(scale, Scale)
+                and bottom_dims >= 2 and scale.axis % bottom_dims == 1 and scale.scale.dim() == 1
+                and (not scale.bias_term or scale.bias.dim() == 1))
+
+    def forward(self, x):
+        batch_norm, scale = self.parts
+        mean, var = batch_norm.stored_statistics(x.dtype)
+        bias = scale.bias if scale.bias_term else None
+        return F.batch_norm(x, mean.detach(), var.detach(), scale.scale, bias, False, 0.0, batch_norm.eps)
 
 
 # -- MVN ---------------------------------------------------------------------------------------

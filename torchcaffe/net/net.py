@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,6 +31,7 @@ from ..io.weights import read_weights, write_caffemodel, write_caffemodel_h5
 from ..proto import caffe_pb2
 from .blob import Blob, as_numpy, sync_host_mirrors
 from .graph import ANONYMOUS_TOP, Node, build_graph
+from ..layers.normalization import BatchNormScale
 from .inplace import CaffeInPlace, needs_inplace_quirk
 from .shapes import infer_top_shapes
 from .splits import insert_splits
@@ -125,8 +126,10 @@ class Net(nn.Module):
         for slot, index in last_use.items():
             if slot not in keep:
                 self._release[index].append(slot)
+        overwritable = _overwritable_slots(nodes)
         self._steps = [_Step.of(node, self._inplace_quirk.get(node.index), self._final_slots,
-                                self._release[node.index]) for node in nodes]
+                                self._release[node.index], overwritable) for node in nodes]
+        self._call_steps = _fuse_batchnorm_scale(nodes, self._steps, self._graph.slot_shapes)
 
     def _set_requires_grad(self) -> None:
         """lr_mult 0 freezes a parameter (unless force_backward): it gets no gradient."""
@@ -318,18 +321,21 @@ class Net(nn.Module):
                  mark_inputs: bool = False, release: bool = False) -> None:
         """Run layers ``first..last`` over the slot values ``vals`` (the plan made at construction:
         no lookups by name, no shape inference). ``release`` drops each slot after its last reader,
-        as the torch call does: only the outputs stay alive."""
+        as the torch call does: only the outputs stay alive, so an in-place neuron may also
+        overwrite its bottom there (``_Step.in_place``), as Caffe does; pycaffe's face keeps every
+        value for the blob views and diffs, and computes out of place."""
         finals: dict[str, torch.Tensor] = {}  # blob values the in-place quirk reads in backward
         hooks = self._caffe_hooks
         before, after = hooks["before_forward"], hooks["after_forward"]
         recording = torch.is_grad_enabled()
-        for step in self._steps[first:last + 1]:
+        whole_call = release and first == 0 and last == len(self._steps) - 1 and not (before or after)
+        for step in self._call_steps if whole_call else self._steps[first:last + 1]:
             if before:
                 self._call_hooks("before_forward", step.index)
             if step.is_input:
                 self._feed_inputs(step, vals, given, mark_inputs)
             else:
-                tops = self._run_step(step, vals, finals, recording)
+                tops = self._run_step(step, vals, finals, recording, release)
                 if isinstance(tops, tuple):
                     for slot, tensor in zip(step.tops, tops):
                         vals[slot] = tensor
@@ -343,13 +349,15 @@ class Net(nn.Module):
             if after:
                 self._call_hooks("after_forward", step.index)
 
-    def _run_step(self, step: "_Step", vals: list, finals: dict, recording: bool):
+    def _run_step(self, step: "_Step", vals: list, finals: dict, recording: bool, overwrite: bool = False):
         bottoms = [vals[s] for s in step.bottoms]
         if step.detach:
             bottoms = [b.detach() if stop else b for b, stop in zip(bottoms, step.detach)]
         try:
             if step.quirk is not None and recording and bottoms[0].requires_grad:
                 return CaffeInPlace.apply(bottoms[0], step.layer, finals, step.quirk)
+            if overwrite and step.in_place:
+                return step.layer.forward_in_place(bottoms[0])
             return step.layer(*bottoms)
         except CaffeError:
             raise
@@ -654,13 +662,60 @@ class _Step:
     quirk: str | None  # the blob whose final value Caffe's in-place backward reads, if any
     finals: tuple[tuple[int, str], ...]  # (top position, blob name) holding such final values
     release: tuple[int, ...]  # slots this layer reads last
+    in_place: bool  # the torch call may overwrite the bottom (see _overwritable_slots)
 
     @classmethod
-    def of(cls, node: Node, quirk: str | None, final_slots: Mapping[int, str], release) -> "_Step":
+    def of(cls, node: Node, quirk: str | None, final_slots: Mapping[int, str], release,
+           overwritable: set[int]) -> "_Step":
         finals = tuple((j, final_slots[slot]) for j, slot in enumerate(node.top_slots) if slot in final_slots)
+        in_place = (quirk is None and len(node.bottoms) == 1 and node.tops == node.bottoms
+                    and node.bottom_slots[0] in overwritable and hasattr(node.layer, "forward_in_place")
+                    and not (node.detach and node.detach[0]))
         return cls(node.index, node.label, node.layer, bool(getattr(node.layer, "is_input", False)),
                    tuple(node.tops), tuple(node.bottom_slots), tuple(node.top_slots),
-                   node.detach if True in node.detach else (), quirk, finals, tuple(release))
+                   node.detach if True in node.detach else (), quirk, finals, tuple(release), in_place)
+
+
+#: Layers whose top is a fresh tensor that their own backward does not read: an in-place layer
+#: after them may overwrite it (as Caffe's in-place ReLU after a convolution does).
+_FRESH_TOPS = frozenset({"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "Scale", "Bias", "Eltwise"})
+
+
+def _fuse_batchnorm_scale(nodes, steps: list["_Step"], slot_shapes) -> list["_Step"]:
+    """The steps of the torch call: ``steps`` with each BatchNorm (stored statistics) whose top
+    only a per-channel Scale reads run as one :class:`BatchNormScale` step writing the Scale's
+    top (Caffe's BatchNorm + Scale pair, as ResNets and MobileNets use it)."""
+    readers: dict[int, list[int]] = {}
+    for node in nodes:
+        for slot in node.bottom_slots:
+            readers.setdefault(slot, []).append(node.index)
+    out, skip = [], set()
+    for node, step in zip(nodes, steps):
+        if node.index in skip:
+            continue
+        after = readers.get(node.top_slots[0], []) if len(node.top_slots) == 1 else []
+        partner = steps[after[0]] if len(after) == 1 else None
+        if (partner is not None and len(step.bottoms) == 1 and len(partner.bottoms) == 1 and not (step.quirk or partner.quirk or step.finals
+                or partner.finals or step.detach or partner.detach)
+                and BatchNormScale.fuses(node.layer, partner.layer, len(slot_shapes[node.bottom_slots[0]]))):
+            out.append(replace(step, layer=BatchNormScale(node.layer, partner.layer), tops=partner.tops,
+                               names=partner.names, release=step.release + partner.release,
+                               in_place=False))
+            skip.add(partner.index)
+        else:
+            out.append(step)
+    return out
+
+
+def _overwritable_slots(nodes) -> set[int]:
+    """Slots the torch call may overwrite in place: written by a ``_FRESH_TOPS`` layer and read by
+    exactly one layer (a Split's views, or a blob with two readers, are never overwritten)."""
+    readers: dict[int, int] = {}
+    for node in nodes:
+        for slot in node.bottom_slots:
+            readers[slot] = readers.get(slot, 0) + 1
+    return {slot for node in nodes if node.type in _FRESH_TOPS for slot in node.top_slots
+            if readers.get(slot) == 1}
 
 
 _HOOK_POINTS = ("before_forward", "after_forward", "before_backward", "after_backward")

@@ -80,7 +80,9 @@ class OptimizedNet(nn.Module):
         has_conv = any(node.type == "Convolution" and len(graph.slot_shapes[node.bottom_slots[0]]) == 4
                        for node in graph.nodes)
         self.channels_last = (has_conv and types <= CHANNELS_LAST_SAFE) if channels_last is None else channels_last
-        self._inplace_relu = _inplace_relus(graph, self._folds)
+        exclusive = _exclusive_slots(graph, self._folds)
+        self._inplace_relu = _inplace_relus(graph, exclusive)
+        self._inplace_sum = _inplace_sums(graph, exclusive)
         self._signature: tuple | None = None
         self._steps: list | None = None
         self._runner: Callable = self._run
@@ -106,9 +108,9 @@ class OptimizedNet(nn.Module):
             layer = _folded_layer(graph, fold, self.channels_last) if fold else node.layer
             tops = (fold.top_slot,) if fold else tuple(node.top_slots)
             kind = "input" if getattr(node.layer, "is_input", False) else \
-                "relu_" if node.index in self._inplace_relu else "layer"
-            steps.append((kind, layer, tuple(node.bottom_slots), tops, tuple(node.tops),
-                          tuple(self.net._release[node.index])))
+                "relu_" if node.index in self._inplace_relu else "add_" if node.index in self._inplace_sum else "layer"
+            bottoms = self._inplace_sum.get(node.index, tuple(node.bottom_slots))
+            steps.append((kind, layer, bottoms, tops, tuple(node.tops), tuple(self.net._release[node.index])))
         return steps
 
     def refresh(self) -> None:
@@ -145,6 +147,8 @@ class OptimizedNet(nn.Module):
                 continue
             if kind == "relu_":
                 vals[tops[0]] = _relu_(vals[bottoms[0]], layer.negative_slope)
+            elif kind == "add_":
+                vals[tops[0]] = vals[bottoms[0]].add_(vals[bottoms[1]])
             else:
                 result = layer(*[vals[s] for s in bottoms])
                 if isinstance(result, tuple):
@@ -280,9 +284,9 @@ def _folded_layer(graph, fold: _Fold, channels_last: bool) -> nn.Module:
     return folded
 
 
-def _inplace_relus(graph, folds: Mapping[int, _Fold]) -> set[int]:
-    """ReLUs that may overwrite their bottom: made fresh by its producer, read by nobody else, not
-    a net output."""
+def _exclusive_slots(graph, folds: Mapping[int, _Fold]) -> set[int]:
+    """Slots a layer may overwrite: made fresh by their producer, read by one layer only, not a
+    net output."""
     readers = _readers(graph)
     outputs = {graph.last_slot[name] for name in graph.outputs}
     producer_of = {}
@@ -291,16 +295,34 @@ def _inplace_relus(graph, folds: Mapping[int, _Fold]) -> set[int]:
             producer_of[slot] = node
     for fold in folds.values():
         producer_of[fold.top_slot] = graph.nodes[fold.producer]
-    chosen = set()
-    for node in graph.nodes:
-        if node.type != "ReLU" or len(node.bottoms) != 1:
-            continue
-        slot = node.bottom_slots[0]
-        producer = producer_of.get(slot)
-        fresh = producer is not None and producer.type in FRESH_TOPS and \
+    exclusive = set()
+    for slot, producer in producer_of.items():
+        fresh = producer.type in FRESH_TOPS and \
             (producer.type not in ("Concat", "Eltwise") or len(producer.bottoms) > 1)  # one bottom: passed through
         if fresh and slot not in outputs and len(readers.get(slot, ())) == 1:
-            chosen.add(node.index)
+            exclusive.add(slot)
+    return exclusive
+
+
+def _inplace_relus(graph, exclusive: set[int]) -> set[int]:
+    """ReLUs that may overwrite their bottom (an exclusive slot)."""
+    return {node.index for node in graph.nodes
+            if node.type == "ReLU" and len(node.bottoms) == 1 and node.bottom_slots[0] in exclusive}
+
+
+def _inplace_sums(graph, exclusive: set[int]) -> dict[int, tuple[int, int]]:
+    """Two-bottom Eltwise SUMs (coefficients 1) that may add into one of their bottoms, as a
+    residual block's ``out += shortcut`` does: layer index -> (the bottom written, the other).
+    Float addition commutes exactly, so either bottom may take the sum."""
+    chosen = {}
+    for node in graph.nodes:
+        layer = node.layer
+        if (node.type != "Eltwise" or len(node.bottom_slots) != 2 or layer.operation != caffe_pb2.EltwiseParameter.SUM
+                or any(c != 1 for c in layer.coeffs)):
+            continue
+        a, b = node.bottom_slots
+        if a != b and (a in exclusive or b in exclusive):
+            chosen[node.index] = (a, b) if a in exclusive else (b, a)
     return chosen
 
 
