@@ -47,8 +47,10 @@ def test_the_torch_call_fuses_batchnorm_scale_and_overwrites_fresh_tops():
     fused = [step for step in net._call_steps if isinstance(step.layer, BatchNormScale)]
     assert [step.label.split('"')[1] for step in fused] == ["bn1", "bn2"]
     assert len(net._call_steps) == len(net._steps) - 2
-    in_place = {step.label.split('"')[1] for step in net._call_steps if step.in_place}
-    assert in_place == {"relu1", "relu2"}  # conv1 fans out after relu1 (Caffe's Split comes there)
+    in_place = {step.label.split('"')[1] for step in net._call_steps if step.in_place is not None}
+    assert in_place == {"relu1", "sum", "relu2"}  # conv1 fans out after relu1 (Caffe's Split comes there)
+    sum_step = next(step for step in net._call_steps if step.label.startswith('layer "sum"'))
+    assert sum_step.in_place == 1  # bn2 (fresh), not the Split's view of conv1
 
 
 def test_only_tops_whose_backward_does_not_read_them_are_overwritten():
@@ -59,7 +61,7 @@ def test_only_tops_whose_backward_does_not_read_them_are_overwritten():
         layer { name: "sig" type: "Sigmoid" bottom: "ip" top: "sig" }
         layer { name: "relu" type: "ReLU" bottom: "sig" top: "sig" }
     """, torchcaffe.TRAIN)
-    assert not any(step.in_place for step in net._call_steps)
+    assert all(step.in_place is None for step in net._call_steps)
     x = torch.randn(2, 3, requires_grad=True)
     out = net(data=x)["sig"]
     out.sum().backward()  # would fail had the Sigmoid's saved top been overwritten

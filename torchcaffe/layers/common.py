@@ -270,6 +270,15 @@ class Eltwise(Layer):
             y = torch.where(x > y, x, y)
         return y
 
+    @property
+    def in_place_any_bottom(self) -> bool:
+        """A plain sum of two bottoms may be added into either (float addition commutes exactly):
+        the executor's fast path for a residual ``out += shortcut``."""
+        return self.operation == Eltwise_.SUM and len(self.coeffs) == 2 and all(c == 1 for c in self.coeffs)
+
+    def forward_in_place(self, target, other):
+        return target.add_(other)
+
     # -- export hooks (torchcaffe.export) ----------------------------------------------------------
     def export_source(self, code):
         """SUM and PROD as arithmetic; MAX as ``torch.maximum`` (the same values; only the gradient

@@ -356,8 +356,9 @@ class Net(nn.Module):
         try:
             if step.quirk is not None and recording and bottoms[0].requires_grad:
                 return CaffeInPlace.apply(bottoms[0], step.layer, finals, step.quirk)
-            if overwrite and step.in_place:
-                return step.layer.forward_in_place(bottoms[0])
+            if overwrite and step.in_place is not None:
+                j = step.in_place
+                return step.layer.forward_in_place(bottoms[j], *bottoms[:j], *bottoms[j + 1:])
             return step.layer(*bottoms)
         except CaffeError:
             raise
@@ -662,15 +663,13 @@ class _Step:
     quirk: str | None  # the blob whose final value Caffe's in-place backward reads, if any
     finals: tuple[tuple[int, str], ...]  # (top position, blob name) holding such final values
     release: tuple[int, ...]  # slots this layer reads last
-    in_place: bool  # the torch call may overwrite the bottom (see _overwritable_slots)
+    in_place: int | None  # the bottom the torch call may overwrite (see _writable_bottom)
 
     @classmethod
     def of(cls, node: Node, quirk: str | None, final_slots: Mapping[int, str], release,
            overwritable: set[int]) -> "_Step":
         finals = tuple((j, final_slots[slot]) for j, slot in enumerate(node.top_slots) if slot in final_slots)
-        in_place = (quirk is None and len(node.bottoms) == 1 and node.tops == node.bottoms
-                    and node.bottom_slots[0] in overwritable and hasattr(node.layer, "forward_in_place")
-                    and not (node.detach and node.detach[0]))
+        in_place = _writable_bottom(node, quirk, overwritable)
         return cls(node.index, node.label, node.layer, bool(getattr(node.layer, "is_input", False)),
                    tuple(node.tops), tuple(node.bottom_slots), tuple(node.top_slots),
                    node.detach if True in node.detach else (), quirk, finals, tuple(release), in_place)
@@ -679,6 +678,20 @@ class _Step:
 #: Layers whose top is a fresh tensor that their own backward does not read: an in-place layer
 #: after them may overwrite it (as Caffe's in-place ReLU after a convolution does).
 _FRESH_TOPS = frozenset({"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "Scale", "Bias", "Eltwise"})
+
+
+def _writable_bottom(node: Node, quirk: str | None, overwritable: set[int]) -> int | None:
+    """The bottom a layer with ``forward_in_place`` may overwrite in the torch call: an in-place
+    neuron's own (``top == bottom``), or for a layer with ``in_place_any_bottom`` (a two-bottom
+    Eltwise SUM) whichever bottom is overwritable; None when none may be."""
+    layer = node.layer
+    if quirk is not None or True in node.detach or not hasattr(layer, "forward_in_place"):
+        return None
+    if getattr(layer, "in_place_any_bottom", False):
+        slots = node.bottom_slots
+        return next((j for j, slot in enumerate(slots) if slot in overwritable and slots.count(slot) == 1), None)
+    same = len(node.bottoms) == 1 and node.tops == node.bottoms and node.bottom_slots[0] in overwritable
+    return 0 if same else None
 
 
 def _fuse_batchnorm_scale(nodes, steps: list["_Step"], slot_shapes) -> list["_Step"]:
@@ -700,7 +713,7 @@ def _fuse_batchnorm_scale(nodes, steps: list["_Step"], slot_shapes) -> list["_St
                 and BatchNormScale.fuses(node.layer, partner.layer, len(slot_shapes[node.bottom_slots[0]]))):
             out.append(replace(step, layer=BatchNormScale(node.layer, partner.layer), tops=partner.tops,
                                names=partner.names, release=step.release + partner.release,
-                               in_place=False))
+                               in_place=None))
             skip.add(partner.index)
         else:
             out.append(step)

@@ -316,9 +316,7 @@ def _inplace_sums(graph, exclusive: set[int]) -> dict[int, tuple[int, int]]:
     Float addition commutes exactly, so either bottom may take the sum."""
     chosen = {}
     for node in graph.nodes:
-        layer = node.layer
-        if (node.type != "Eltwise" or len(node.bottom_slots) != 2 or layer.operation != caffe_pb2.EltwiseParameter.SUM
-                or any(c != 1 for c in layer.coeffs)):
+        if not getattr(node.layer, "in_place_any_bottom", False):
             continue
         a, b = node.bottom_slots
         if a != b and (a in exclusive or b in exclusive):
