@@ -657,19 +657,7 @@ class DetectionOutput(Layer):
         self.top_shapes(setup.bottom_shapes)
 
     def _num_priors(self, bottom_shapes) -> int:
-        loc, conf, prior = (legacy_shape(self, s, f"bottom {i}") for i, s in enumerate(bottom_shapes[:3]))
-        if loc[0] != conf[0]:
-            raise self.fail(f"loc (bottom 0, shape {list(bottom_shapes[0])}) and conf (bottom 1, shape "
-                            f"{list(bottom_shapes[1])}) must have the same number of images")
-        num_priors = prior[2] // 4
-        if num_priors * self.loc_classes * 4 != loc[1]:
-            raise self.fail(f"the {num_priors} priors of bottom 2 (shape {list(bottom_shapes[2])}) need "
-                            f"{num_priors * self.loc_classes * 4} location values per image, bottom 0 has "
-                            f"{loc[1]} channels")
-        if num_priors * self.num_classes != conf[1]:
-            raise self.fail(f"the {num_priors} priors of bottom 2 need {num_priors * self.num_classes} confidence "
-                            f"values per image ({self.num_classes} classes), bottom 1 has {conf[1]} channels")
-        return num_priors
+        return prior_count(self, bottom_shapes, self.loc_classes, self.num_classes)
 
     def top_shapes(self, bottom_shapes):
         self._num_priors(bottom_shapes)
@@ -736,6 +724,23 @@ class DetectionOutput(Layer):
     def export_source(self, code):
         raise self._no_export("PyTorch source")
 
+
+
+def prior_count(layer: Layer, bottom_shapes, loc_classes: int, num_classes: int) -> int:
+    """The number of priors bottom 2 holds (SSD's DetectionOutput and MultiBoxLoss), checked
+    against the location (bottom 0) and confidence (bottom 1) predictions per image."""
+    loc, conf, prior = (legacy_shape(layer, s, f"bottom {i}") for i, s in enumerate(bottom_shapes[:3]))
+    if loc[0] != conf[0]:
+        raise layer.fail(f"loc (bottom 0, shape {list(bottom_shapes[0])}) and conf (bottom 1, shape "
+                         f"{list(bottom_shapes[1])}) must have the same number of images")
+    num_priors = prior[2] // 4
+    if num_priors * loc_classes * 4 != loc[1]:
+        raise layer.fail(f"the {num_priors} priors of bottom 2 (shape {list(bottom_shapes[2])}) need "
+                         f"{num_priors * loc_classes * 4} location values per image, bottom 0 has {loc[1]} channels")
+    if num_priors * num_classes != conf[1]:
+        raise layer.fail(f"the {num_priors} priors of bottom 2 need {num_priors * num_classes} confidence "
+                         f"values per image ({num_classes} classes), bottom 1 has {conf[1]} channels")
+    return num_priors
 
 # ================================================================================================
 # MultiBoxLoss
@@ -855,18 +860,8 @@ class MultiBoxLoss(Layer):
         return bottom_index < 2
 
     def _num_priors(self, bottom_shapes) -> int:
-        loc, conf, prior, gt = (legacy_shape(self, s, f"bottom {i}") for i, s in enumerate(bottom_shapes))
-        if loc[0] != conf[0]:
-            raise self.fail(f"loc (bottom 0, shape {list(bottom_shapes[0])}) and conf (bottom 1, shape "
-                            f"{list(bottom_shapes[1])}) must have the same first dimension (the batch size)")
-        num_priors = prior[2] // 4
-        if num_priors * self.loc_classes * 4 != loc[1]:
-            raise self.fail(f"the {num_priors} priors of bottom 2 (shape {list(bottom_shapes[2])}) need "
-                            f"{num_priors * self.loc_classes * 4} location values per image, bottom 0 has {loc[1]} "
-                            f"channels")
-        if num_priors * self.num_classes != conf[1]:
-            raise self.fail(f"the {num_priors} priors of bottom 2 need {num_priors * self.num_classes} confidence "
-                            f"values per image ({self.num_classes} classes), bottom 1 has {conf[1]} channels")
+        gt = legacy_shape(self, bottom_shapes[3], "bottom 3")
+        num_priors = prior_count(self, bottom_shapes, self.loc_classes, self.num_classes)
         if math.prod(bottom_shapes[3]) < gt[2] * 8:
             raise self.fail(f"bottom 3 (ground truth, shape {list(bottom_shapes[3])}) must hold 8 values per box: "
                             f"(1, 1, G, 8)")
