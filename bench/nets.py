@@ -21,9 +21,11 @@ input, resets the kernel's high-water mark of its resident set (``/proc/self/cle
 the pass and reads ``VmHWM`` from ``/proc/self/status``: the figure is that peak minus the resident
 size just before the pass, i.e. what the pass itself needed (weights and the Python/torch runtime
 excluded, being the same on both sides; the optimized mode's folded weights are made before, with
-``refresh()``, as part of its model), the smallest of ``MEMORY_PROBES`` such subprocesses. torch's
-CPU allocator hands large blocks straight to the OS, so this sees every activation, saved tensor
-and gradient.
+``refresh()``, as part of its model). The subprocess runs with glibc's mmap threshold fixed at
+64 KiB (``MALLOC_MMAP_THRESHOLD_``): every tensor block then gets its own mapping, returned to the
+OS when freed, so the high-water mark is the peak of live tensor bytes, the same in every run. (With
+glibc's default sliding threshold, a freed block may stay in the heap and be reused or not, and the
+same pass measured one of two levels from run to run.)
 
 Also printed: the per-layer Python overhead of the plain plan, LeNet at batch 1.
 """
@@ -224,16 +226,16 @@ def measure_memory_here(spec: BenchNet, batch: int, variant: str, kind: str) -> 
     return (_status_kb("VmHWM") - before) / 1024
 
 
-#: Probes per memory figure (the smallest is kept): the same pass measures one of two levels from
-#: run to run (ResNet-50's forward: 86 or 110 MB, either variant), as large blocks land in a fresh
-#: mapping or in one the allocator already holds.
-MEMORY_PROBES = 3
+#: glibc's allocator with a fixed mmap threshold: each block of 64 KiB or more is mapped on its own
+#: and unmapped when freed, so resident memory follows the live tensors exactly.
+PROBE_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def measure_memory(spec: BenchNet, batch: int, variant: str, kind: str, threads: int) -> float:
     command = [sys.executable, __file__, "--memory-probe", spec.name, variant, kind, str(batch),
                "--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env={**os.environ, **PROBE_ENVIRONMENT})
     if result.returncode != 0:
         raise RuntimeError(f"memory probe {spec.name}/{variant}/{kind} failed:\n{result.stderr[-2000:]}")
     return float(result.stdout.strip().splitlines()[-1])
@@ -299,8 +301,7 @@ def main(argv=None) -> int:
             kinds = ("forward",) if args.quick else ("forward", "training")
             for kind in kinds:
                 for variant in VARIANTS if kind == "forward" else VARIANTS[:2]:
-                    memory[(variant, kind)] = min(measure_memory(spec, spec.batch, variant, kind, args.threads)
-                                                  for _ in range(1 if args.quick else MEMORY_PROBES))
+                    memory[(variant, kind)] = measure_memory(spec, spec.batch, variant, kind, args.threads)
         rows.append((spec, timings, memory))
         worst = max(errors.values())
         print(f"  {spec.name}: outputs agree (worst relative difference {worst:.1e}); "

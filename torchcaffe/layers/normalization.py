@@ -331,13 +331,24 @@ class LRN(Layer):
 
     def forward(self, x):
         self._check_axes(x.shape)
-        squares = x * x
+        average, offset = self._window_average(x * x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x * (average * self.alpha + offset).pow(-self.beta)
+        # nothing to save for backward: one temporary (the average) becomes the result
+        return average.mul_(self.alpha).add_(offset).pow_(-self.beta).mul_(x)
+
+    def _window_average(self, squares):
+        """The mean of x^2 over the window (zero padding counted, as Caffe's divisor is always n or
+        n^2) and the constant added to ``alpha`` times it. Across channels the window runs along a
+        unit depth axis of a 3-D average pool, which pads without copying the squares (unless the window is
+        wider than the channels)."""
         if self.within_channel:
-            average = F.avg_pool2d(squares, self.size, stride=1, padding=self.pad, count_include_pad=True)
-            return x * (1 + self.alpha * average).pow(-self.beta)
-        padded = F.pad(squares, (0, 0, 0, 0, self.pad, self.pad))
-        window_sum = padded.unfold(1, self.size, 1).sum(dim=-1)
-        return x * (self.k + (self.alpha / self.size) * window_sum).pow(-self.beta)
+            return F.avg_pool2d(squares, self.size, stride=1, padding=self.pad), 1.0
+        depth, pad = squares.unsqueeze(1), self.pad
+        if squares.shape[1] < self.size:  # torch's pool wants the window to fit the unpadded input
+            depth, pad = F.pad(depth, (0, 0, 0, 0, pad, pad)), 0
+        window = F.avg_pool3d(depth, (self.size, 1, 1), stride=1, padding=(pad, 0, 0))
+        return window.squeeze(1), self.k
 
     # -- export hooks (torchcaffe.export) ----------------------------------------------------------
     def export_onnx(self, x):
