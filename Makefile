@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/nets.py
+	$(BIN)/python bench/train_resnet50.py
 	$(BIN)/python bench/train_lenet.py
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/load_caffemodel.py

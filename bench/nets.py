@@ -1,6 +1,7 @@
-"""torchcaffe against hand-written PyTorch on six classic nets, on the CPU.
+"""torchcaffe against hand-written PyTorch on six classic nets, on the CPU or a GPU.
 
     python bench/nets.py [--quick] [--runs N] [--threads T] [--nets LeNet,ResNet-50] [--no-memory]
+                         [--device cuda] [--amp bf16|fp16]
 
 For each net (prototxts from ``../shared/corpus``, random weights drawn once and shared):
 
@@ -16,7 +17,11 @@ Each measurement is the median of ``--runs`` rounds after one warm-up round; wit
 variants run one after another (interleaved A/B/C), so that load from other processes hits them
 alike. ``torch.set_num_threads`` is fixed (``--threads``, default: the number of CPUs).
 
-Peak memory: each (net, variant, pass) runs in a fresh subprocess, which builds the model and its
+``--device cuda`` runs everything on the GPU (each pass ends with ``torch.cuda.synchronize()``);
+``--amp bf16|fp16`` times every variant under ``torch.autocast`` of that dtype (the equality check
+before timing stays in float32, which is what it verifies: the same architecture and weights).
+
+Peak memory on the CPU: each (net, variant, pass) runs in a fresh subprocess, which builds the model and its
 input, resets the kernel's high-water mark of its resident set (``/proc/self/clear_refs``), runs
 the pass and reads ``VmHWM`` from ``/proc/self/status``: the figure is that peak minus the resident
 size just before the pass, i.e. what the pass itself needed (weights and the Python/torch runtime
@@ -25,13 +30,16 @@ excluded, being the same on both sides; the optimized mode's folded weights are 
 64 KiB (``MALLOC_MMAP_THRESHOLD_``): every tensor block then gets its own mapping, returned to the
 OS when freed, so the high-water mark is the peak of live tensor bytes, the same in every run. (With
 glibc's default sliding threshold, a freed block may stay in the heap and be reused or not, and the
-same pass measured one of two levels from run to run.)
+same pass measured one of two levels from run to run.) On a GPU the probe reads the caching
+allocator instead: ``torch.cuda.max_memory_allocated()`` over the pass, less what was allocated
+before it.
 
 Also printed: the per-layer Python overhead of the plain plan, LeNet at batch 1.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -89,6 +97,12 @@ def build_net(spec: BenchNet, batch: int, seed: int = 0) -> torchcaffe.Net:
     shape = list(net.blobs["data"].shape)
     net.blobs["data"].reshape(batch, *shape[1:])
     net.reshape()
+    randomize_blobs(net, seed)
+    return net
+
+
+def randomize_blobs(net: torchcaffe.Net, seed: int) -> None:
+    """Draw every parameter blob of ``net`` (see :func:`build_net`)."""
     rng = np.random.default_rng(seed)
     for layer in net.layers:
         blobs = layer.blobs
@@ -105,7 +119,6 @@ def build_net(spec: BenchNet, batch: int, seed: int = 0) -> torchcaffe.Net:
                 fan_in = blob.count // blob.shape[0] if len(blob.shape) > 1 else 0
                 blob.data[...] = rng.normal(0, np.sqrt(2 / fan_in), blob.shape) if fan_in else \
                     rng.uniform(-0.1, 0.1, blob.shape)
-    return net
 
 
 def build_native(spec: BenchNet, net: torchcaffe.Net) -> torch.nn.Module:
@@ -114,19 +127,20 @@ def build_native(spec: BenchNet, net: torchcaffe.Net) -> torch.nn.Module:
     return model.eval()
 
 
-def build_variants(spec: BenchNet, batch: int) -> dict[str, Callable]:
-    """The three callables ``f(x) -> output tensor``, sharing one set of weights."""
+def build_variants(spec: BenchNet, batch: int, device: str = "cpu") -> dict[str, Callable]:
+    """The three callables ``f(x) -> output tensor``, sharing one set of weights, on ``device``."""
     net = build_net(spec, batch)
-    native = build_native(spec, net)
+    native = build_native(spec, net).to(device)
+    net.to(device)
     runner = optimize(net)
     return {"torchcaffe": lambda x: net(data=x)["prob"], "native": native,
             "optimized": lambda x: runner(data=x)["prob"],
             "_modules": (net, native, runner)}
 
 
-def sample_input(spec: BenchNet, batch: int, net) -> torch.Tensor:
+def sample_input(spec: BenchNet, batch: int, net, device: str = "cpu") -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
-    return torch.rand((batch,) + spec.image_shape(net), generator=generator)
+    return torch.rand((batch,) + spec.image_shape(net), generator=generator).to(device)
 
 
 # -- checking --------------------------------------------------------------------------------------
@@ -159,17 +173,45 @@ def check_equal(spec: BenchNet, variants: dict, x: torch.Tensor) -> dict[str, fl
 
 
 # -- timing ----------------------------------------------------------------------------------------
-def forward_pass(f: Callable, x: torch.Tensor) -> Callable[[], None]:
+@dataclass(frozen=True)
+class Setting:
+    """Where and how the passes run: the device, and the autocast dtype (``amp``) if any."""
+
+    device: str = "cpu"
+    amp: str | None = None
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=AMP_DTYPES[self.amp])
+
+    def synchronize(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> str:
+        return self.device + (f", autocast {self.amp}" if self.amp else ", float32")
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def forward_pass(f: Callable, x: torch.Tensor, setting: Setting = Setting()) -> Callable[[], None]:
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), setting.autocast():
             f(x)
+        setting.synchronize()
     return run
 
 
-def training_pass(f: Callable, module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+def training_pass(f: Callable, module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor,
+                  setting: Setting = Setting()) -> Callable[[], None]:
     def run():
         module.zero_grad(set_to_none=True)
-        f(x).backward(grad)
+        with setting.autocast():
+            out = f(x)
+        out.backward(grad.to(out.dtype))
+        setting.synchronize()
     return run
 
 
@@ -185,15 +227,15 @@ def interleaved_medians(passes: dict[str, Callable[[], None]], runs: int) -> dic
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def time_net(spec: BenchNet, batch: int, runs: int) -> tuple[dict, dict]:
-    variants = build_variants(spec, batch)
+def time_net(spec: BenchNet, batch: int, runs: int, setting: Setting = Setting()) -> tuple[dict, dict]:
+    variants = build_variants(spec, batch, setting.device)
     net, native, _ = variants["_modules"]
-    x = sample_input(spec, batch, net)
+    x = sample_input(spec, batch, net, setting.device)
     errors = check_equal(spec, variants, x)
     grad = torch.rand_like(variants["native"](x).detach())
-    forward = interleaved_medians({name: forward_pass(variants[name], x) for name in VARIANTS}, runs)
-    training = interleaved_medians({"torchcaffe": training_pass(variants["torchcaffe"], net, x, grad),
-                                    "native": training_pass(native, native, x, grad)}, runs)
+    forward = interleaved_medians({name: forward_pass(variants[name], x, setting) for name in VARIANTS}, runs)
+    training = interleaved_medians({"torchcaffe": training_pass(variants["torchcaffe"], net, x, grad, setting),
+                                    "native": training_pass(native, native, x, grad, setting)}, runs)
     return {"forward": forward, "training": training}, errors
 
 
@@ -206,19 +248,27 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure_memory_here(spec: BenchNet, batch: int, variant: str, kind: str) -> float:
-    """Peak resident-set growth (MB) of one pass, in this (fresh) process."""
-    variants = build_variants(spec, batch)
+def measure_memory_here(spec: BenchNet, batch: int, variant: str, kind: str,
+                        setting: Setting = Setting()) -> float:
+    """Peak memory growth (MB) of one pass, in this (fresh) process: resident set on the CPU,
+    the caching allocator's allocations on a GPU."""
+    variants = build_variants(spec, batch, setting.device)
     net, native, runner = variants["_modules"]
     runner.refresh()  # the folded weights belong to the model, as native's weights do, not to the pass
-    x = sample_input(spec, batch, net)
+    x = sample_input(spec, batch, net, setting.device)
     module = net if variant == "torchcaffe" else native
     with torch.no_grad():
         out_shape = variants["native"](x[:1]).shape[1:]
-    grad = torch.rand(x.shape[0], *out_shape)
-    run = forward_pass(variants[variant], x) if kind == "forward" else \
-        training_pass(variants[variant], module, x, grad)
+    grad = torch.rand(x.shape[0], *out_shape, device=setting.device)
+    run = forward_pass(variants[variant], x, setting) if kind == "forward" else \
+        training_pass(variants[variant], module, x, grad, setting)
     del variants
+    if torch.device(setting.device).type == "cuda":
+        setting.synchronize()
+        before = torch.cuda.memory_allocated(setting.device)
+        torch.cuda.reset_peak_memory_stats(setting.device)
+        run()
+        return (torch.cuda.max_memory_allocated(setting.device) - before) / 2**20
     before = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident size
@@ -231,9 +281,10 @@ def measure_memory_here(spec: BenchNet, batch: int, variant: str, kind: str) -> 
 PROBE_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def measure_memory(spec: BenchNet, batch: int, variant: str, kind: str, threads: int) -> float:
+def measure_memory(spec: BenchNet, batch: int, variant: str, kind: str, threads: int,
+                   setting: Setting = Setting()) -> float:
     command = [sys.executable, __file__, "--memory-probe", spec.name, variant, kind, str(batch),
-               "--threads", str(threads)]
+               "--threads", str(threads), "--device", setting.device] + (["--amp", setting.amp] if setting.amp else [])
     result = subprocess.run(command, capture_output=True, text=True, check=False,
                             env={**os.environ, **PROBE_ENVIRONMENT})
     if result.returncode != 0:
@@ -242,29 +293,30 @@ def measure_memory(spec: BenchNet, batch: int, variant: str, kind: str, threads:
 
 
 # -- per-layer overhead ------------------------------------------------------------------------------
-def lenet_overhead(rounds: int) -> dict[str, float]:
+def lenet_overhead(rounds: int, setting: Setting = Setting()) -> dict[str, float]:
     """Plain torchcaffe against native LeNet at batch 1 (forward, no grad, one thread: at this size
     threads only add synchronisation): the difference per layer of the net, in microseconds."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _lenet_overhead(rounds)
+        return _lenet_overhead(rounds, setting)
     finally:
         torch.set_num_threads(threads)
 
 
-def _lenet_overhead(rounds: int) -> dict[str, float]:
+def _lenet_overhead(rounds: int, setting: Setting) -> dict[str, float]:
     spec = NETS[0]
-    variants = build_variants(spec, 1)
+    variants = build_variants(spec, 1, setting.device)
     net = variants["_modules"][0]
-    x = sample_input(spec, 1, net)
+    x = sample_input(spec, 1, net, setting.device)
     repeat = 200
 
     def loop(f):
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), setting.autocast():
                 for _ in range(repeat):
                     f(x)
+            setting.synchronize()
         return run
     medians = interleaved_medians({name: loop(variants[name]) for name in ("torchcaffe", "native")}, rounds)
     tc, native = (medians[k] / repeat * 1e6 for k in ("torchcaffe", "native"))
@@ -280,35 +332,38 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--nets", default="", help="comma-separated subset of: " + ", ".join(n.name for n in NETS))
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="time under torch.autocast of this dtype")
     parser.add_argument("--memory-probe", nargs=4, metavar=("NET", "VARIANT", "PASS", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    setting = Setting(args.device, args.amp)
     by_name = {n.name: n for n in NETS}
     if args.memory_probe:
         name, variant, kind, batch = args.memory_probe
-        print(f"{measure_memory_here(by_name[name], int(batch), variant, kind):.1f}")
+        print(f"{measure_memory_here(by_name[name], int(batch), variant, kind, setting):.1f}")
         return 0
     runs = args.runs or (3 if args.quick else 7)
     chosen = [by_name[n] for n in args.nets.split(",")] if args.nets else list(NETS)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {runs} interleaved rounds, "
-          f"CPU: {cpu_model()}")
+    print(f"torch {torch.__version__}, {setting.describe()}, {args.threads} thread(s), median of {runs} "
+          f"interleaved rounds, {device_model(setting.device)}")
     rows = []
     for spec in chosen:
         started = time.perf_counter()
-        timings, errors = time_net(spec, spec.batch, runs)
+        timings, errors = time_net(spec, spec.batch, runs, setting)
         memory = {}
         if not args.no_memory:
             kinds = ("forward",) if args.quick else ("forward", "training")
             for kind in kinds:
                 for variant in VARIANTS if kind == "forward" else VARIANTS[:2]:
-                    memory[(variant, kind)] = measure_memory(spec, spec.batch, variant, kind, args.threads)
+                    memory[(variant, kind)] = measure_memory(spec, spec.batch, variant, kind, args.threads, setting)
         rows.append((spec, timings, memory))
         worst = max(errors.values())
         print(f"  {spec.name}: outputs agree (worst relative difference {worst:.1e}); "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     print()
     print_table(rows)
-    overhead = lenet_overhead(5 if args.quick else 15)
+    overhead = lenet_overhead(5 if args.quick else 15, setting)
     print(f"\nPer-layer overhead, LeNet batch 1 forward (no grad, 1 thread): "
           f"torchcaffe {overhead['torchcaffe_us']:.0f} us, "
           f"native {overhead['native_us']:.0f} us, {overhead['layers']} layers -> "
@@ -332,6 +387,12 @@ def print_table(rows) -> None:
               f"{f['optimized'] / f['native']:.3f} | "
               f"{b['torchcaffe'] * 1e3:.1f} | {b['native'] * 1e3:.1f} | {b['torchcaffe'] / b['native']:.3f} | "
               f"{mem_f} | {mem_b} |")
+
+
+def device_model(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    return "CPU: " + cpu_model()
 
 
 def cpu_model() -> str:

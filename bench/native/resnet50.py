@@ -50,11 +50,15 @@ class ResNet50(nn.Module):
         self.fc1000 = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.logits(x), dim=1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``fc1000``: what the softmax (or a training loss) takes."""
         x = F.max_pool2d(F.relu(self.conv1(x), inplace=True), 3, 2, ceil_mode=True)
         for block in self.blocks.values():
             x = block(x)
         x = F.avg_pool2d(x, 7, 1)
-        return F.softmax(self.fc1000(x.flatten(1)), dim=1)
+        return self.fc1000(x.flatten(1))
 
     def caffe_modules(self) -> dict[str, nn.Module]:
         modules = {"conv1": self.conv1.conv, "bn_conv1": self.conv1.bn, "scale_conv1": self.conv1.bn,

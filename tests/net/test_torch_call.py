@@ -94,14 +94,60 @@ def test_hooks_make_the_torch_call_run_every_layer():
     assert seen == list(range(len(net._steps)))
 
 
-@pytest.mark.parametrize("text, fuses", [
-    ('batch_norm_param { use_global_stats: false }', False),   # batch statistics: the sums update
-    ('', True),                                                  # TEST: stored statistics
-])
-def test_only_stored_statistics_fuse(text, fuses):
-    net = net_from(f"""
-        layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 3 dim: 2 dim: 2 }} }} }}
-        layer {{ name: "bn" type: "BatchNorm" bottom: "data" top: "bn" {text} }}
-        layer {{ name: "scale" type: "Scale" bottom: "bn" top: "out" }}
-    """, torchcaffe.TEST)
-    assert any(isinstance(step.layer, BatchNormScale) for step in net._call_steps) == fuses
+TRAINING = """
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 3 dim: 5 dim: 5 } shape { dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "scale" type: "Scale" bottom: "conv" top: "conv"
+        scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "bn_out" type: "BatchNorm" bottom: "conv" top: "normed" }
+layer { name: "scale_out" type: "Scale" bottom: "normed" top: "normed" scale_param { filler { type: "gaussian" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "normed" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def training_net() -> torchcaffe.Net:
+    torch.manual_seed(5)
+    net = net_from(TRAINING, torchcaffe.TRAIN).to(torch.float64)
+    net.blobs["data"].data[...] = torch.randn(4, 3, 5, 5).numpy()
+    net.blobs["label"].data[...] = [0, 2, 1, 2]
+    return net
+
+
+def test_batch_statistics_fuse_too():
+    """In the torch call every BatchNorm + Scale pair fuses; in a solver's iteration only the pair
+    whose BatchNorm top is an in-place step no blob shows (``normed``'s diff is the BatchNorm's)."""
+    net = training_net()
+    assert [s.label.split('"')[1] for s in net._call_steps if isinstance(s.layer, BatchNormScale)] == ["bn", "bn_out"]
+    assert [s.label.split('"')[1] for s in net._iteration_steps if isinstance(s.layer, BatchNormScale)] == ["bn"]
+
+
+def test_a_fused_iteration_equals_the_layer_by_layer_one():
+    """forward_backward() (fused) against forward() + backward() (every layer): the loss, every
+    blob's data and diff, every parameter diff and BatchNorm's running sums."""
+    fused, plain = training_net(), training_net()
+    loss = fused.forward_backward()
+    plain_loss = float(plain.forward()["loss"])
+    plain.backward()
+    assert loss == pytest.approx(plain_loss, rel=1e-12)
+    for name in plain.blobs:
+        torch.testing.assert_close(fused.blobs[name].data, plain.blobs[name].data, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fused.blobs[name].diff, plain.blobs[name].diff, rtol=1e-10, atol=1e-12)
+    for layer, blobs in plain.params.items():
+        for mine, theirs in zip(fused.params[layer], blobs):
+            torch.testing.assert_close(mine.data, theirs.data, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(mine.diff, theirs.diff, rtol=1e-10, atol=1e-12)
+
+
+def test_layer_by_layer_backward_after_a_fused_iteration_is_refused():
+    net = training_net()
+    net.forward_backward()
+    with pytest.raises(torchcaffe.NetError, match="call forward\\(\\) first"):
+        net.backward(start="loss")
+    net.forward()
+    net.backward(start="loss")  # every value is there again

@@ -108,3 +108,25 @@ def test_overflowing_gradients_skip_the_update_and_back_off(solver_path):
     solver.step(1)
     assert scaler.skipped == 2
     assert not np.array_equal(_weights(solver)["layers.1.weight"], before["layers.1.weight"])
+
+
+def test_channels_last_training_matches_contiguous_and_saves_the_same_bytes(solver_path, tmp_path):
+    """``solver.net.to(memory_format=torch.channels_last)`` (what bench/train_resnet50.py uses):
+    the 4-D weights change layout, the numbers do not (beyond the convolution's rounding), and a
+    snapshot is the same file."""
+    plain, fast = get_solver(solver_path), get_solver(solver_path)
+    fast.net.save(str(tmp_path / "before_plain.caffemodel"))
+    fast.net.to(memory_format=torch.channels_last)
+    assert fast.net.params["conv1"][0].data.strides != plain.net.params["conv1"][0].data.strides
+    fast.net.save(str(tmp_path / "before_fast.caffemodel"))
+    assert (tmp_path / "before_plain.caffemodel").read_bytes() == (tmp_path / "before_fast.caffemodel").read_bytes()
+    plain.step(10)
+    fast.step(10)
+    for name, value in _weights(plain).items():
+        np.testing.assert_allclose(_weights(fast)[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert fast.history[0].is_contiguous(memory_format=torch.channels_last)  # follows its weight
+    _, state = fast.snapshot()
+    restored = get_solver(solver_path)
+    restored.restore(state)
+    for mine, theirs in zip(restored.history, fast.history):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)

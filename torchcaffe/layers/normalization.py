@@ -16,6 +16,9 @@ from ..proto import caffe_pb2
 from .base import TEST, Layer, LayerSetup, Sample, axis_index
 from .registry import register_layer
 
+#: Activation dtypes whose batch statistics torch keeps in float32.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
 NormRegion = caffe_pb2.LRNParameter
 
 
@@ -110,25 +113,38 @@ class BatchNorm(Layer):
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise self.fail(f"was built for {self.channels} channels (axis 1), got a bottom of shape "
                             f"{tuple(x.shape)}")
-        stats_shape = (1, -1) + (1,) * (x.dim() - 2)
-        if self.use_global_stats:  # one fused pass; the statistics get no gradient, as in Caffe
-            mean, var = self.stored_statistics(x.dtype)
-            return F.batch_norm(x, mean.detach(), var.detach(), None, None, False, 0.0, self.eps)
-        else:
-            dims = [0, *range(2, x.dim())]
-            mean = x.mean(dim=dims)
-            var = (x - mean.view(stats_shape)).square().mean(dim=dims)
-            self._accumulate(mean.detach(), var.detach(), x.numel() // self.channels)
-        return (x - mean.view(stats_shape)) / torch.sqrt(var + self.eps).view(stats_shape)
+        return self.normalize(x)
 
-    def _accumulate(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
-        """Caffe's moving sums: decay by ``maf``, add this batch (variance made unbiased)."""
+    def normalize(self, x, weight=None, bias=None):
+        """This layer's forward followed by ``* weight + bias`` per channel (a Scale after it), in
+        one ``F.batch_norm`` pass: torch's fused kernels forward and backward."""
+        if self.use_global_stats:  # the statistics get no gradient, as in Caffe
+            mean, var = self.stored_statistics(x.dtype)
+            return F.batch_norm(x, mean.detach(), var.detach(), weight, bias, False, 0.0, self.eps)
+        if x.numel() == self.channels:  # one value per channel, which torch's kernel refuses:
+            self._accumulate(x.detach().reshape(-1), torch.zeros_like(x).reshape(-1))
+            y = x - x  # x - mean is 0, and so is its gradient
+            if weight is None:
+                return y
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return y * weight.view(shape) + (0 if bias is None else bias.view(shape))
+        # With momentum 1 torch's "running" statistics are this batch's mean and unbiased
+        # variance (sum / (m - 1)): what Caffe adds to its sums, with no extra pass over x.
+        mean = torch.zeros(self.channels, dtype=torch.float32 if x.dtype in LOW_PRECISION else x.dtype,
+                           device=x.device)
+        var = torch.zeros_like(mean)
+        y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, self.eps)
+        self._accumulate(mean, var)
+        return y
+
+    def _accumulate(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        """Caffe's moving sums: decay by ``maf``, add this batch's mean and unbiased variance
+        (Caffe multiplies the biased one by ``m / (m - 1)``; for ``m = 1`` it adds 0)."""
         maf = self.moving_average_fraction
-        correction = m / (m - 1) if m > 1 else 1.0
         with torch.no_grad():
             self.scale_factor.mul_(maf).add_(1)
             self.mean_sum.mul_(maf).add_(mean.to(self.mean_sum.dtype))
-            self.variance_sum.mul_(maf).add_(var.to(self.variance_sum.dtype), alpha=correction)
+            self.variance_sum.mul_(maf).add_(unbiased_var.to(self.variance_sum.dtype))
 
     # -- export hooks (torchcaffe.export) ----------------------------------------------------------
     def stored_statistics(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,12 +177,13 @@ class BatchNorm(Layer):
 
 
 class BatchNormScale(nn.Module):
-    """A BatchNorm with stored statistics and the per-channel Scale that alone reads its top, as
-    one ``F.batch_norm`` pass with the Scale's blobs as its weight and bias: what the torch call
-    of a net runs in their place (the pycaffe face, which shows the BatchNorm's top, runs both).
-    ``y = (x - mean) / sqrt(var + eps) * s + b``; torch multiplies by ``1 / sqrt(var + eps)``, so
-    results differ from the two layers by float rounding (about 1e-7 relative). The gradients
-    reach ``x`` and the Scale's blobs; the statistics get none, as in Caffe."""
+    """A BatchNorm and the per-channel Scale that alone reads its top, as one ``F.batch_norm``
+    pass with the Scale's blobs as its weight and bias: what a net runs in their place where the
+    BatchNorm's own top is not seen (the torch call; a solver's iteration when that top is an
+    in-place step, see ``net.py``). ``y = (x - mean) / sqrt(var + eps) * s + b``; torch multiplies
+    by ``1 / sqrt(var + eps)``, so results differ from the two layers by float rounding (about
+    1e-7 relative). With batch statistics the running sums are updated as the BatchNorm alone
+    updates them. The gradients reach ``x`` and the Scale's blobs; stored statistics get none."""
 
     def __init__(self, batch_norm: "BatchNorm", scale: "Scale"):
         super().__init__()
@@ -175,15 +192,13 @@ class BatchNormScale(nn.Module):
     @staticmethod
     def fuses(batch_norm, scale, bottom_dims: int) -> bool:
         """Whether ``scale`` (reading only ``batch_norm``'s top, of ``bottom_dims`` axes) can be fused."""
-        return (isinstance(batch_norm, BatchNorm) and batch_norm.use_global_stats and isinstance(scale, Scale)
+        return (isinstance(batch_norm, BatchNorm) and isinstance(scale, Scale)
                 and bottom_dims >= 2 and scale.axis % bottom_dims == 1 and scale.scale.dim() == 1
                 and (not scale.bias_term or scale.bias.dim() == 1))
 
     def forward(self, x):
         batch_norm, scale = self.parts
-        mean, var = batch_norm.stored_statistics(x.dtype)
-        bias = scale.bias if scale.bias_term else None
-        return F.batch_norm(x, mean.detach(), var.detach(), scale.scale, bias, False, 0.0, batch_norm.eps)
+        return batch_norm.normalize(x, scale.scale, scale.bias if scale.bias_term else None)
 
 
 # -- MVN ---------------------------------------------------------------------------------------

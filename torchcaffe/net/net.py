@@ -76,6 +76,7 @@ class Net(nn.Module):
         self._data: dict[str, torch.Tensor] = {}
         self._diff: dict[str, torch.Tensor] = {}
         self._vals: list | None = None
+        self._vals_fused = False  # the last pass left some values unset (see _run_layers)
         self._torch_call = False
         self._caffe_hooks: dict[str, list] = {when: [] for when in _HOOK_POINTS}
         self._plan_backward()
@@ -130,6 +131,10 @@ class Net(nn.Module):
         self._steps = [_Step.of(node, self._inplace_quirk.get(node.index), self._final_slots,
                                 self._release[node.index], overwritable) for node in nodes]
         self._call_steps = _fuse_batchnorm_scale(nodes, self._steps, self._graph.slot_shapes)
+        # A solver's iteration keeps every blob, so it fuses only pairs whose BatchNorm top is
+        # neither a blob's final value nor the one whose diff the blob shows (in-place chains).
+        seen = set(self._diff_slot.values()) | set(self._graph.last_slot.values())
+        self._iteration_steps = _fuse_batchnorm_scale(nodes, self._steps, self._graph.slot_shapes, seen)
 
     def _set_requires_grad(self) -> None:
         """lr_mult 0 freezes a parameter (unless force_backward): it gets no gradient."""
@@ -274,17 +279,21 @@ class Net(nn.Module):
         wanted += [b for b in (blobs or ()) if b not in wanted]
         return {name: self.blobs[name].data for name in wanted}
 
-    def _run_layers(self, first: int, last: int) -> list:
-        """Run layers ``first..last`` keeping every blob's value (pycaffe's and Caffe's forward)."""
+    def _run_layers(self, first: int, last: int, iteration: bool = False) -> list:
+        """Run layers ``first..last`` keeping every blob's value (pycaffe's and Caffe's forward);
+        ``iteration``: the whole net for a solver's forward-backward, whose fused steps leave
+        the values no blob shows unset (``_iteration_steps``)."""
         record = self._any_backward and torch.is_grad_enabled()
         vals = self._values_before(first, mark=record)
         with torch.set_grad_enabled(record):
-            self._execute(vals, first, last, mark_inputs=record)
+            self._execute(vals, first, last, mark_inputs=record, iteration=iteration)
         for node in self._graph.nodes[first:last + 1]:
             if not getattr(node.layer, "is_input", False):
                 for name, slot in zip(node.tops, node.top_slots):
-                    self._data[name] = vals[slot]
+                    if vals[slot] is not None:
+                        self._data[name] = vals[slot]
         self._vals = vals
+        self._vals_fused = iteration and self._iteration_steps is not self._steps
         return vals
 
     def _set_input(self, name: str, value) -> None:
@@ -318,7 +327,7 @@ class Net(nn.Module):
         return vals
 
     def _execute(self, vals: list, first: int, last: int, *, given: Mapping | None = None,
-                 mark_inputs: bool = False, release: bool = False) -> None:
+                 mark_inputs: bool = False, release: bool = False, iteration: bool = False) -> None:
         """Run layers ``first..last`` over the slot values ``vals`` (the plan made at construction:
         no lookups by name, no shape inference). ``release`` drops each slot after its last reader,
         as the torch call does: only the outputs stay alive, so an in-place neuron may also
@@ -328,8 +337,10 @@ class Net(nn.Module):
         hooks = self._caffe_hooks
         before, after = hooks["before_forward"], hooks["after_forward"]
         recording = torch.is_grad_enabled()
-        whole_call = release and first == 0 and last == len(self._steps) - 1 and not (before or after)
-        for step in self._call_steps if whole_call else self._steps[first:last + 1]:
+        whole = first == 0 and last == len(self._steps) - 1 and not (before or after)
+        steps = self._call_steps if whole and release else self._iteration_steps if whole and iteration \
+            else self._steps[first:last + 1]
+        for step in steps:
             if before:
                 self._call_hooks("before_forward", step.index)
             if step.is_input:
@@ -395,10 +406,15 @@ class Net(nn.Module):
                 diff.copy_(torch.from_numpy(np.ascontiguousarray(np.asarray(value))).reshape(diff.shape))
         if self._vals is None:
             raise NetError("backward() needs a forward() first")
+        layered = start is not None or end is not None or self._caffe_hooks["before_backward"] \
+            or self._caffe_hooks["after_backward"]
+        if layered and self._vals_fused:
+            raise NetError("backward layer by layer (start/end, or backward callbacks) needs every layer's "
+                           "values, but the last pass was forward_backward(), which runs each in-place "
+                           "BatchNorm + Scale pair as one step; call forward() first")
         first = self._layer_index(start, len(self._graph.nodes) - 1)
         last = self._layer_index(end, 0)
-        if start is not None or end is not None or self._caffe_hooks["before_backward"] \
-                or self._caffe_hooks["after_backward"]:
+        if layered:
             self._backward_layers(self._vals, first, last)
         elif self._any_backward:
             self._backward_all(self._vals)
@@ -544,11 +560,15 @@ class Net(nn.Module):
     def forward_backward(self) -> float:
         """Caffe's ``Net::ForwardBackward``: :meth:`forward_loss`, then ``backward()`` (parameter
         diffs accumulate); returns the loss."""
-        loss = self.forward_loss()
+        sync_host_mirrors()
+        last = len(self._graph.nodes) - 1
         if self._caffe_hooks["before_backward"] or self._caffe_hooks["after_backward"]:
-            self._backward_layers(self._vals, len(self._graph.nodes) - 1, 0)
-        elif self._any_backward:
-            self._backward_all(self._vals)
+            loss = self._total_loss(self._run_layers(0, last))
+            self._backward_layers(self._vals, last, 0)
+        else:
+            loss = self._total_loss(self._run_layers(0, last, iteration=True))
+            if self._any_backward:
+                self._backward_all(self._vals)
         return loss
 
     def _total_loss(self, vals: list) -> float:
@@ -694,10 +714,10 @@ def _writable_bottom(node: Node, quirk: str | None, overwritable: set[int]) -> i
     return 0 if same else None
 
 
-def _fuse_batchnorm_scale(nodes, steps: list["_Step"], slot_shapes) -> list["_Step"]:
-    """The steps of the torch call: ``steps`` with each BatchNorm (stored statistics) whose top
-    only a per-channel Scale reads run as one :class:`BatchNormScale` step writing the Scale's
-    top (Caffe's BatchNorm + Scale pair, as ResNets and MobileNets use it)."""
+def _fuse_batchnorm_scale(nodes, steps: list["_Step"], slot_shapes, seen: set[int] = frozenset()) -> list["_Step"]:
+    """``steps`` with each BatchNorm whose top only a per-channel Scale reads, and is not one of
+    the ``seen`` slots, run as one :class:`BatchNormScale` step writing the Scale's top (Caffe's
+    BatchNorm + Scale pair, as ResNets and MobileNets use it). ``steps`` itself when none fuses."""
     readers: dict[int, list[int]] = {}
     for node in nodes:
         for slot in node.bottom_slots:
@@ -708,7 +728,8 @@ def _fuse_batchnorm_scale(nodes, steps: list["_Step"], slot_shapes) -> list["_St
             continue
         after = readers.get(node.top_slots[0], []) if len(node.top_slots) == 1 else []
         partner = steps[after[0]] if len(after) == 1 else None
-        if (partner is not None and len(step.bottoms) == 1 and len(partner.bottoms) == 1 and not (step.quirk or partner.quirk or step.finals
+        if (partner is not None and len(step.bottoms) == 1 and len(partner.bottoms) == 1
+                and node.top_slots[0] not in seen and not (step.quirk or partner.quirk or step.finals
                 or partner.finals or step.detach or partner.detach)
                 and BatchNormScale.fuses(node.layer, partner.layer, len(slot_shapes[node.bottom_slots[0]]))):
             out.append(replace(step, layer=BatchNormScale(node.layer, partner.layer), tops=partner.tops,
@@ -717,7 +738,7 @@ def _fuse_batchnorm_scale(nodes, steps: list["_Step"], slot_shapes) -> list["_St
             skip.add(partner.index)
         else:
             out.append(step)
-    return out
+    return out if skip else steps
 
 
 def _overwritable_slots(nodes) -> set[int]:

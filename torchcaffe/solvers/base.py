@@ -351,12 +351,13 @@ class Solver:
             g.add_(torch.sign(w), alpha=local_decay)
 
     def _move_history(self, index: int, w: torch.Tensor) -> None:
-        """Keep the histories on the parameter's device and dtype (after ``net.to(...)``)."""
+        """Keep the histories on the parameter's device, dtype and memory layout (after
+        ``net.to(...)``, channels_last included)."""
         n = len(self.net.learnable_params)
         for k in range(index, len(self.history), n):
             h = self.history[k]
-            if h.device != w.device or h.dtype != w.dtype:
-                self.history[k] = h.to(w.device, w.dtype)
+            if h.device != w.device or h.dtype != w.dtype or h.stride() != w.stride():
+                self.history[k] = torch.empty_like(w).copy_(h)
 
     # -- parameters and their diffs ---------------------------------------------------------------
     def _param_tensor(self, entry) -> torch.Tensor:
