@@ -318,6 +318,24 @@ def test_lrn_matches_the_loop_reference(params, shape, within):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("params,shape,within", LRN_CASES)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_lrn_is_the_same_in_every_layout_and_grad_mode(params, shape, within, grad):
+    """channels_last input (the optimized mode's) takes another window path, and without a graph
+    the formula runs in place: the values agree with the reference each way, x is untouched."""
+    net = make_net(f'layer {{ name: "lrn" type: "LRN" bottom: "x" top: "y" lrn_param {{ {params} }} }}',
+                   {"x": shape}).double()
+    p = text_format.Parse(f"lrn_param {{ {params} }}", caffe_pb2.LayerParameter()).lrn_param
+    x = RNG.standard_normal(shape) * 2
+    ref = lrn_reference(x, p.local_size, p.alpha, p.beta, p.k, within)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        given = torch.tensor(x).to(memory_format=layout).requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            y = net(x=given)["y"]
+        np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(given.detach().numpy(), x)
+
+
 def test_lrn_across_channels_equals_torch_local_response_norm():
     """The claim in LRN's docstring: torch's formula is Caffe's ACROSS_CHANNELS one, values and
     gradients."""

@@ -121,10 +121,13 @@ def training_net() -> torchcaffe.Net:
 
 def test_batch_statistics_fuse_too():
     """In the torch call every BatchNorm + Scale pair fuses; in a solver's iteration only the pair
-    whose BatchNorm top is an in-place step no blob shows (``normed``'s diff is the BatchNorm's)."""
+    whose BatchNorm top is an in-place step no blob shows (``normed``'s diff is the BatchNorm's),
+    and only such a value is overwritten."""
     net = training_net()
     assert [s.label.split('"')[1] for s in net._call_steps if isinstance(s.layer, BatchNormScale)] == ["bn", "bn_out"]
     assert [s.label.split('"')[1] for s in net._iteration_steps if isinstance(s.layer, BatchNormScale)] == ["bn"]
+    # the ReLU overwrites the pair's fresh top, which no blob shows ("conv" shows the ReLU's top)
+    assert [s.label.split('"')[1] for s in net._iteration_steps if s.in_place is not None] == ["relu"]
 
 
 def test_a_fused_iteration_equals_the_layer_by_layer_one():
@@ -151,3 +154,12 @@ def test_layer_by_layer_backward_after_a_fused_iteration_is_refused():
         net.backward(start="loss")
     net.forward()
     net.backward(start="loss")  # every value is there again
+
+
+def test_with_forward_callbacks_an_iteration_runs_every_layer():
+    net = training_net()
+    seen = []
+    net.after_forward(seen.append)
+    net.forward_backward()
+    assert seen == list(range(len(net._steps)))
+    net.backward(start="loss")  # nothing was fused away

@@ -355,15 +355,21 @@ class LRN(Layer):
     def _window_average(self, squares):
         """The mean of x^2 over the window (zero padding counted, as Caffe's divisor is always n or
         n^2) and the constant added to ``alpha`` times it. Across channels the window runs along a
-        unit depth axis of a 3-D average pool, which pads without copying the squares (unless the window is
-        wider than the channels)."""
+        unit depth axis of a 3-D average pool (along the rows of a 1-D one for channels_last input),
+        which pads without copying the squares (unless the window is wider than the channels)."""
         if self.within_channel:
             return F.avg_pool2d(squares, self.size, stride=1, padding=self.pad), 1.0
-        depth, pad = squares.unsqueeze(1), self.pad
-        if squares.shape[1] < self.size:  # torch's pool wants the window to fit the unpadded input
-            depth, pad = F.pad(depth, (0, 0, 0, 0, pad, pad)), 0
-        window = F.avg_pool3d(depth, (self.size, 1, 1), stride=1, padding=(pad, 0, 0))
-        return window.squeeze(1), self.k
+        n, c, h, w = squares.shape
+        pad = self.pad
+        if c < self.size:  # torch's pools want the window to fit the unpadded input
+            squares, pad = F.pad(squares, (0, 0, 0, 0, pad, pad)), 0
+        if squares.is_contiguous() or not squares.is_contiguous(memory_format=torch.channels_last):
+            window = F.avg_pool3d(squares.unsqueeze(1), (self.size, 1, 1), stride=1, padding=(pad, 0, 0))
+            return window.squeeze(1), self.k
+        # channels_last (the optimized mode's layout): the channels are the innermost axis
+        rows = squares.permute(0, 2, 3, 1).reshape(n * h * w, 1, -1)
+        window = F.avg_pool1d(rows, self.size, stride=1, padding=pad)
+        return window.reshape(n, h, w, c).permute(0, 3, 1, 2), self.k
 
     # -- export hooks (torchcaffe.export) ----------------------------------------------------------
     def export_onnx(self, x):

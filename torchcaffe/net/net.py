@@ -131,10 +131,14 @@ class Net(nn.Module):
         self._steps = [_Step.of(node, self._inplace_quirk.get(node.index), self._final_slots,
                                 self._release[node.index], overwritable) for node in nodes]
         self._call_steps = _fuse_batchnorm_scale(nodes, self._steps, self._graph.slot_shapes)
-        # A solver's iteration keeps every blob, so it fuses only pairs whose BatchNorm top is
+        # A solver's iteration keeps every blob, so it fuses and overwrites only values that are
         # neither a blob's final value nor the one whose diff the blob shows (in-place chains).
         seen = set(self._diff_slot.values()) | set(self._graph.last_slot.values())
-        self._iteration_steps = _fuse_batchnorm_scale(nodes, self._steps, self._graph.slot_shapes, seen)
+        steps = [_Step.of(node, self._inplace_quirk.get(node.index), self._final_slots,
+                          self._release[node.index], overwritable - seen) for node in nodes]
+        fused = _fuse_batchnorm_scale(nodes, steps, self._graph.slot_shapes, seen)
+        leaner = fused is not steps or any(step.in_place is not None for step in steps)
+        self._iteration_steps = fused if leaner else self._steps
 
     def _set_requires_grad(self) -> None:
         """lr_mult 0 freezes a parameter (unless force_backward): it gets no gradient."""
@@ -286,14 +290,14 @@ class Net(nn.Module):
         record = self._any_backward and torch.is_grad_enabled()
         vals = self._values_before(first, mark=record)
         with torch.set_grad_enabled(record):
-            self._execute(vals, first, last, mark_inputs=record, iteration=iteration)
+            steps = self._execute(vals, first, last, mark_inputs=record, iteration=iteration)
         for node in self._graph.nodes[first:last + 1]:
             if not getattr(node.layer, "is_input", False):
                 for name, slot in zip(node.tops, node.top_slots):
                     if vals[slot] is not None:
                         self._data[name] = vals[slot]
         self._vals = vals
-        self._vals_fused = iteration and self._iteration_steps is not self._steps
+        self._vals_fused = steps is self._iteration_steps and steps is not self._steps
         return vals
 
     def _set_input(self, name: str, value) -> None:
@@ -327,12 +331,13 @@ class Net(nn.Module):
         return vals
 
     def _execute(self, vals: list, first: int, last: int, *, given: Mapping | None = None,
-                 mark_inputs: bool = False, release: bool = False, iteration: bool = False) -> None:
+                 mark_inputs: bool = False, release: bool = False, iteration: bool = False) -> list:
         """Run layers ``first..last`` over the slot values ``vals`` (the plan made at construction:
-        no lookups by name, no shape inference). ``release`` drops each slot after its last reader,
-        as the torch call does: only the outputs stay alive, so an in-place neuron may also
-        overwrite its bottom there (``_Step.in_place``), as Caffe does; pycaffe's face keeps every
-        value for the blob views and diffs, and computes out of place."""
+        no lookups by name, no shape inference) and return the steps run: with no forward hooks,
+        the whole net runs the torch call's or the iteration's fused steps. ``release`` drops each
+        slot after its last reader, as the torch call does: only the outputs stay alive, so an
+        in-place neuron may also overwrite its bottom there (``_Step.in_place``), as Caffe does;
+        pycaffe's face keeps every value for the blob views and diffs, and computes out of place."""
         finals: dict[str, torch.Tensor] = {}  # blob values the in-place quirk reads in backward
         hooks = self._caffe_hooks
         before, after = hooks["before_forward"], hooks["after_forward"]
@@ -340,13 +345,14 @@ class Net(nn.Module):
         whole = first == 0 and last == len(self._steps) - 1 and not (before or after)
         steps = self._call_steps if whole and release else self._iteration_steps if whole and iteration \
             else self._steps[first:last + 1]
+        overwrite = release or steps is self._iteration_steps
         for step in steps:
             if before:
                 self._call_hooks("before_forward", step.index)
             if step.is_input:
                 self._feed_inputs(step, vals, given, mark_inputs)
             else:
-                tops = self._run_step(step, vals, finals, recording, release)
+                tops = self._run_step(step, vals, finals, recording, overwrite)
                 if isinstance(tops, tuple):
                     for slot, tensor in zip(step.tops, tops):
                         vals[slot] = tensor
@@ -359,6 +365,7 @@ class Net(nn.Module):
                         vals[slot] = None
             if after:
                 self._call_hooks("after_forward", step.index)
+        return steps
 
     def _run_step(self, step: "_Step", vals: list, finals: dict, recording: bool, overwrite: bool = False):
         bottoms = [vals[s] for s in step.bottoms]
@@ -410,8 +417,8 @@ class Net(nn.Module):
             or self._caffe_hooks["after_backward"]
         if layered and self._vals_fused:
             raise NetError("backward layer by layer (start/end, or backward callbacks) needs every layer's "
-                           "values, but the last pass was forward_backward(), which runs each in-place "
-                           "BatchNorm + Scale pair as one step; call forward() first")
+                           "values, but the last pass was forward_backward(), which fuses in-place "
+                           "BatchNorm + Scale pairs and overwrites values no blob shows; call forward() first")
         first = self._layer_index(start, len(self._graph.nodes) - 1)
         last = self._layer_index(end, 0)
         if layered:
@@ -559,7 +566,9 @@ class Net(nn.Module):
 
     def forward_backward(self) -> float:
         """Caffe's ``Net::ForwardBackward``: :meth:`forward_loss`, then ``backward()`` (parameter
-        diffs accumulate); returns the loss."""
+        diffs accumulate); returns the loss. Without callbacks the forward runs the iteration's
+        plan: on an in-place blob, a BatchNorm + Scale pair is one step and a ReLU overwrites the
+        fresh value before it (values no blob shows)."""
         sync_host_mirrors()
         last = len(self._graph.nodes) - 1
         if self._caffe_hooks["before_backward"] or self._caffe_hooks["after_backward"]:
