@@ -15,7 +15,8 @@ Forward runs under ``torch.no_grad()``; forward+backward back-propagates a fixed
 from the output into every parameter (``zero_grad(set_to_none=True)`` first, on both sides).
 Each measurement is the median of ``--runs`` rounds after one warm-up round; within a round the
 variants run one after another (interleaved A/B/C), so that load from other processes hits them
-alike. ``torch.set_num_threads`` is fixed (``--threads``, default: the number of CPUs).
+alike, and a pass shorter than ``MIN_SAMPLE_SECONDS`` repeats within its sample.
+``torch.set_num_threads`` is fixed (``--threads``, default: the number of CPUs).
 
 ``--device cuda`` runs everything on the GPU (each pass ends with ``torch.cuda.synchronize()``);
 ``--amp bf16|fp16`` times every variant under ``torch.autocast`` of that dtype (the equality check
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import subprocess
@@ -215,15 +217,26 @@ def training_pass(f: Callable, module: torch.nn.Module, x: torch.Tensor, grad: t
     return run
 
 
+#: Shortest timed sample: a faster pass is repeated within one sample (as ``timeit`` does), so
+#: that the scheduler's and the timer's noise stays small against it.
+MIN_SAMPLE_SECONDS = 0.05
+
+
 def interleaved_medians(passes: dict[str, Callable[[], None]], runs: int) -> dict[str, float]:
-    """One warm-up round, then ``runs`` rounds running each pass once in turn: median seconds."""
+    """One warm-up round (which also sets how many times a fast pass repeats per sample), then
+    ``runs`` rounds running each pass's sample in turn: the median seconds per pass."""
     times: dict[str, list[float]] = {name: [] for name in passes}
+    repeats = dict.fromkeys(passes, 1)
     for round_ in range(runs + 1):
         for name, run in passes.items():
             start = time.perf_counter()
-            run()
+            for _ in range(repeats[name]):
+                run()
+            elapsed = time.perf_counter() - start
             if round_:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(elapsed / repeats[name])
+            else:
+                repeats[name] = max(1, math.ceil(MIN_SAMPLE_SECONDS / max(elapsed, 1e-9)))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
