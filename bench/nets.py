@@ -62,6 +62,7 @@ import torch  # noqa: E402
 import torchcaffe  # noqa: E402
 from native import (CaffeNet, GoogLeNet, LeNet, MobileNetV1, ResNet50, SqueezeNet11,  # noqa: E402
                     load_caffe_weights)
+from torchcaffe.amp import AMP_MODES  # noqa: E402
 from torchcaffe.net.optimize import optimize  # noqa: E402
 
 CORPUS = Path(os.environ.get("TORCHCAFFE_SHARED", REPO.parent / "shared")) / "corpus"
@@ -185,7 +186,7 @@ class Setting:
     def autocast(self):
         if self.amp is None:
             return contextlib.nullcontext()
-        return torch.autocast(torch.device(self.device).type, dtype=AMP_DTYPES[self.amp])
+        return torch.autocast(torch.device(self.device).type, dtype=AMP_MODES[self.amp])
 
     def synchronize(self) -> None:
         if torch.device(self.device).type == "cuda":
@@ -194,8 +195,6 @@ class Setting:
     def describe(self) -> str:
         return self.device + (f", autocast {self.amp}" if self.amp else ", float32")
 
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def forward_pass(f: Callable, x: torch.Tensor, setting: Setting = Setting()) -> Callable[[], None]:
@@ -346,7 +345,7 @@ def main(argv=None) -> int:
     parser.add_argument("--nets", default="", help="comma-separated subset of: " + ", ".join(n.name for n in NETS))
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="time under torch.autocast of this dtype")
+    parser.add_argument("--amp", choices=sorted(AMP_MODES), help="time under torch.autocast of this dtype")
     parser.add_argument("--memory-probe", nargs=4, metavar=("NET", "VARIANT", "PASS", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nets import AMP_DTYPES, CORPUS, Setting, device_model, randomize_blobs  # noqa: E402
+from nets import AMP_MODES, CORPUS, Setting, device_model, randomize_blobs  # noqa: E402
 from native import ResNet50, load_caffe_weights  # noqa: E402
 
 import torchcaffe  # noqa: E402
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, help="default 256 on a GPU, 4 on the CPU")
-    parser.add_argument("--amp", choices=sorted(AMP_DTYPES) + ["none"], help="default bf16 on a GPU, none on the CPU")
+    parser.add_argument("--amp", choices=sorted(AMP_MODES) + ["none"], help="default bf16 on a GPU, none on the CPU")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--iters", type=int, default=10, help="iterations per round and side")
     parser.add_argument("--rounds", type=int, default=5)
